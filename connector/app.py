@@ -1,0 +1,76 @@
+"""Builds the sinks from settings, runs them on one asyncio loop, and shuts them down on a signal.
+
+A fatal error in one sink stops every sink gracefully (each still commits what it settled) and the
+process exits 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+from connector.config import Settings
+from connector.metrics import HealthServer, Metrics
+from connector.sink.pipeline import SinkPipeline
+
+log = logging.getLogger(__name__)
+
+STALL_LIMIT = 30.0  # seconds without a loop turn before /healthz reports the process stuck
+
+
+class App:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.sinks = [
+            SinkPipeline(s, settings.kafka, self.metrics, settings.shutdown_timeout) for s in settings.sinks
+        ]
+        self.health = HealthServer(self.metrics, self.alive, self.ready)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self.started = asyncio.Event()  # set once the loop and health server are up (tests wait on it)
+
+    def alive(self) -> bool:
+        now = time.monotonic()
+        return all(now - s.heartbeat < STALL_LIMIT for s in self.sinks)
+
+    def ready(self) -> bool:
+        return all(s.assigned for s in self.sinks)
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        await self.health.start(self.settings.metrics_host, self.settings.metrics_port)
+        log.info("metrics on http://%s:%d/metrics", self.settings.metrics_host, self.health.port)
+        self.started.set()
+        tasks = [asyncio.create_task(s.run(self._stop), name=s.name) for s in self.sinks]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            if any(t.exception() is not None for t in done):
+                self._stop.set()  # one sink failed: the others stop gracefully too
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                raise errors[0]
+        finally:
+            await self.health.stop()
+
+    def request_stop(self) -> None:
+        """Stop gracefully; safe to call from any thread or a signal handler."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+
+def run_app(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+
+    async def main() -> None:
+        app = App(settings)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, app.request_stop)
+        await app.run()
+
+    asyncio.run(main())

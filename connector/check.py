@@ -1,0 +1,46 @@
+"""`activity-connector check`: validate a configuration file and print it with secrets redacted."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import httpx
+from confluent_kafka.admin import AdminClient
+
+from connector.config import load_settings, redacted
+from connector.destinations import make_destination
+from connector.errors import ConfigError
+
+
+def check(path: Path, connect: bool) -> int:
+    settings = load_settings(path)
+    for i, sink in enumerate(settings.sinks):
+        try:
+            destination = make_destination(sink.destination.type, sink.destination.options)
+        except ConfigError as exc:
+            raise ConfigError(f"sinks[{i}].{exc.key}", exc.problem) from None
+        cap = destination.max_records
+        if sink.batch.max_records is not None and sink.batch.max_records > cap:
+            raise ConfigError(f"sinks[{i}].batch.max_records", f"above {destination.type}'s cap of {cap}")
+    print(json.dumps(redacted(settings), indent=2, default=str))
+    if not connect:
+        return 0
+    failures = 0
+    try:
+        metadata = AdminClient(dict(settings.kafka)).list_topics(timeout=10)
+        print(f"kafka: reachable ({len(metadata.brokers)} brokers)")
+    except Exception as exc:  # any failure here is reported, not raised: this is a diagnosis command
+        print(f"kafka: NOT reachable ({type(exc).__name__})", file=sys.stderr)
+        failures += 1
+    for sink in settings.sinks:
+        try:
+            answer = httpx.get(sink.destination.url, timeout=10)
+            print(f"{sink.name}: {sink.destination.url} answered HTTP {answer.status_code}")
+        except httpx.HTTPError as exc:
+            print(
+                f"{sink.name}: {sink.destination.url} NOT reachable ({type(exc).__name__})", file=sys.stderr
+            )
+            failures += 1
+    return 1 if failures else 0

@@ -1,0 +1,439 @@
+"""The YAML configuration file → typed, validated settings.
+
+`${VAR}` and `${VAR:-default}` expand from the environment, `{secret_file: PATH}` reads a mounted secret,
+unknown keys are errors, and every error names the key it is about (exit status 2).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from connector.errors import ConfigError
+from connector.units import parse_duration, parse_size
+
+T = TypeVar("T")
+
+
+class Secret:
+    """A string that never shows itself in logs, reprs or exceptions."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+AuthType = Literal["none", "bearer", "api_key", "header", "oauth2_client_credentials"]
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    type: AuthType = "none"
+    token: Secret | None = None  # bearer
+    header: str = ""  # api_key / header: the header's name
+    value: Secret | None = None  # api_key / header: the header's value
+    token_url: str = ""  # oauth2_client_credentials
+    client_id: str = ""
+    client_secret: Secret | None = None
+    scope: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationSettings:
+    type: str
+    url: str
+    auth: AuthSettings
+    options: Mapping[str, Any] = field(default_factory=dict)  # destination-specific, checked by its module
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSettings:
+    max_records: int | None = None  # None: the destination's cap
+    max_bytes: int = 4 * 1024 * 1024
+    max_wait: float = 1.0
+    max_buffered_bytes: int = 32 * 1024 * 1024  # pause partitions past this many buffered bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySettings:
+    max_attempts: int = 10
+    initial_backoff: float = 0.5
+    max_backoff: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverySettings:
+    concurrency: int = 4
+    timeout: float = 30.0
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    requests_per_second: float | None = None
+
+
+Format = Literal["json", "avro", "avro-confluent"]
+OnError = Literal["dead_letter", "fail"]
+
+
+@dataclass(frozen=True, slots=True)
+class SinkSettings:
+    name: str
+    topics: tuple[str, ...]
+    topic_pattern: str | None
+    group_id: str
+    consumer: Mapping[str, Any]
+    format: Format
+    schema: Path | None
+    schema_registry_url: str | None
+    destination: DestinationSettings
+    batch: BatchSettings
+    delivery: DeliverySettings
+    dead_letter_topic: str
+    on_error: OnError
+
+    @property
+    def subscription(self) -> list[str]:
+        return [self.topic_pattern] if self.topic_pattern else list(self.topics)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    kafka: Mapping[str, Any]
+    metrics_host: str
+    metrics_port: int
+    shutdown_timeout: float
+    sinks: tuple[SinkSettings, ...]
+    base_dir: Path = Path(".")
+
+
+# --- environment expansion -------------------------------------------------------------------------------
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(value: Any, key: str, env: Mapping[str, str], base_dir: Path) -> Any:
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(key, f"environment variable {name} is not set and has no default")
+
+        return _VAR.sub(substitute, value)
+    if isinstance(value, dict):
+        if set(value) == {"secret_file"}:
+            path = Path(str(_expand(value["secret_file"], key, env, base_dir)))
+            path = path if path.is_absolute() else base_dir / path
+            try:
+                return path.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(key, f"cannot read secret_file {path}: {exc.strerror}") from None
+        return {k: _expand(v, f"{key}.{k}" if key else str(k), env, base_dir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, f"{key}[{i}]", env, base_dir) for i, v in enumerate(value)]
+    return value
+
+
+# --- typed readers ------------------------------------------------------------------------------------------
+
+
+class _Section:
+    """One mapping of the file; every read names its full key, and leftovers are unknown keys."""
+
+    def __init__(self, data: object, key: str) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(key, "must be a mapping")
+        self.data: dict[str, Any] = data
+        self.key = key
+        self.seen: set[str] = set()
+
+    def path(self, name: str) -> str:
+        return f"{self.key}.{name}" if self.key else name
+
+    def raw(self, name: str, default: Any = None) -> Any:
+        self.seen.add(name)
+        return self.data.get(name, default)
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def section(self, name: str) -> _Section:
+        return _Section(self.raw(name), self.path(name))
+
+    def typed(self, name: str, convert: Callable[[Any], T], default: T) -> T:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            return convert(value)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(self.path(name), str(exc)) from None
+
+    def string(self, name: str, default: str | None = None) -> str:
+        value = self.raw(name)
+        if value is None:
+            if default is None:
+                raise ConfigError(self.path(name), "is required")
+            return default
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ConfigError(self.path(name), f"must be a string, not {type(value).__name__}")
+        return str(value)
+
+    def integer(self, name: str, default: int, minimum: int = 1) -> int:
+        value = self.raw(name, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ConfigError(self.path(name), f"must be an integer >= {minimum}, got {value!r}")
+        return value
+
+    def choice(self, name: str, options: tuple[str, ...], default: str) -> str:
+        value = self.string(name, default)
+        if value not in options:
+            raise ConfigError(self.path(name), f"must be one of {', '.join(options)}, got {value!r}")
+        return value
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise ConfigError(self.path(unknown[0]), "unknown key")
+
+
+def _auth(section: _Section) -> AuthSettings:
+    kind = section.choice(
+        "type", ("none", "bearer", "api_key", "header", "oauth2_client_credentials"), "none"
+    )
+
+    def secret(name: str) -> Secret:
+        return Secret(section.string(name))
+
+    auth: AuthSettings
+    if kind == "bearer":
+        auth = AuthSettings(type="bearer", token=secret("token"))
+    elif kind == "api_key":
+        auth = AuthSettings(
+            type="api_key", header=section.string("header", "X-Api-Key"), value=secret("value")
+        )
+    elif kind == "header":
+        auth = AuthSettings(type="header", header=section.string("name"), value=secret("value"))
+    elif kind == "oauth2_client_credentials":
+        auth = AuthSettings(
+            type="oauth2_client_credentials",
+            token_url=section.string("token_url"),
+            client_id=section.string("client_id"),
+            client_secret=secret("client_secret"),
+            scope=section.string("scope", ""),
+        )
+    else:
+        auth = AuthSettings()
+    section.finish()
+    return auth
+
+
+def _sink(section: _Section, index: int, base_dir: Path) -> SinkSettings:
+    name = section.string("name")
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise ConfigError(section.path("name"), "use letters, digits, '.', '_' and '-' only")
+    topics_raw = section.raw("topics")
+    pattern = section.raw("topic_pattern")
+    if (topics_raw is None) == (pattern is None):
+        raise ConfigError(section.path("topics"), "set exactly one of topics or topic_pattern")
+    topics: tuple[str, ...] = ()
+    if topics_raw is not None:
+        if (
+            not isinstance(topics_raw, list)
+            or not topics_raw
+            or not all(isinstance(t, str) for t in topics_raw)
+        ):
+            raise ConfigError(section.path("topics"), "must be a non-empty list of topic names")
+        topics = tuple(topics_raw)
+    if pattern is not None:
+        if not isinstance(pattern, str):
+            raise ConfigError(section.path("topic_pattern"), "must be a string")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(section.path("topic_pattern"), f"not a regular expression: {exc}") from None
+        # librdkafka treats a subscription starting with ^ as a regex.
+        pattern = pattern if pattern.startswith("^") else "^" + pattern
+    consumer = section.section("consumer").data
+    section.seen.add("consumer")
+
+    fmt = section.choice("format", ("json", "avro", "avro-confluent"), "json")
+    schema_raw = section.raw("schema")
+    schema = None
+    if schema_raw is not None:
+        schema = Path(str(schema_raw))
+        schema = schema if schema.is_absolute() else base_dir / schema
+        if not schema.is_file():
+            raise ConfigError(section.path("schema"), f"file not found: {schema}")
+    if fmt == "avro" and schema is None:
+        raise ConfigError(section.path("schema"), "format avro needs the writer schema (.avsc)")
+    registry_url = None
+    if fmt == "avro-confluent":
+        registry = section.section("schema_registry")
+        registry_url = registry.string("url")
+        registry.finish()
+    elif section.has("schema_registry"):
+        raise ConfigError(section.path("schema_registry"), "only used with format avro-confluent")
+
+    dest = section.section("destination")
+    dest_type = dest.string("type")
+    url = dest.string("url").rstrip("/")
+    if not re.match(r"^https?://", url):
+        raise ConfigError(dest.path("url"), f"must start with http:// or https://, got {url!r}")
+    auth_section = dest.section("auth")
+    auth = _auth(auth_section)
+    options = {k: v for k, v in dest.data.items() if k not in ("type", "url", "auth")}
+    destination = DestinationSettings(type=dest_type, url=url, auth=auth, options=options)
+
+    b = section.section("batch")
+    max_records = b.raw("max_records")
+    if max_records is not None and (not isinstance(max_records, int) or max_records < 1):
+        raise ConfigError(b.path("max_records"), f"must be an integer >= 1, got {max_records!r}")
+    batch = BatchSettings(
+        max_records=max_records,
+        max_bytes=b.typed("max_bytes", parse_size, 4 * 1024 * 1024),
+        max_wait=b.typed("max_wait", parse_duration, 1.0),
+        max_buffered_bytes=b.typed("max_buffered_bytes", parse_size, 32 * 1024 * 1024),
+    )
+    b.finish()
+    if batch.max_buffered_bytes < batch.max_bytes:
+        raise ConfigError(b.path("max_buffered_bytes"), "must be at least batch.max_bytes")
+
+    d = section.section("delivery")
+    r = d.section("retry")
+    retry = RetrySettings(
+        max_attempts=r.integer("max_attempts", 10),
+        initial_backoff=r.typed("initial_backoff", parse_duration, 0.5),
+        max_backoff=r.typed("max_backoff", parse_duration, 60.0),
+    )
+    r.finish()
+    rl = d.section("rate_limit")
+    rps = rl.typed("requests_per_second", float, 0.0) or None
+    rl.finish()
+    delivery = DeliverySettings(
+        concurrency=d.integer("concurrency", 4),
+        timeout=d.typed("timeout", parse_duration, 30.0),
+        retry=retry,
+        requests_per_second=rps,
+    )
+    d.finish()
+
+    dl = section.section("dead_letter")
+    dead_letter_topic = dl.string("topic", f"{name}.dlq")
+    dl.finish()
+    on_error = section.choice("on_error", ("dead_letter", "fail"), "dead_letter")
+    group_id = section.string("group_id", f"activity-connector.{name}")
+    section.finish()
+    return SinkSettings(
+        name=name,
+        topics=topics,
+        topic_pattern=pattern,
+        group_id=group_id,
+        consumer=consumer,
+        format=fmt,  # type: ignore[arg-type]
+        schema=schema,
+        schema_registry_url=registry_url,
+        destination=destination,
+        batch=batch,
+        delivery=delivery,
+        dead_letter_topic=dead_letter_topic,
+        on_error=on_error,  # type: ignore[arg-type]
+    )
+
+
+def parse_settings(
+    data: object, env: Mapping[str, str] | None = None, base_dir: Path = Path(".")
+) -> Settings:
+    """Settings from an already loaded YAML document."""
+    env = os.environ if env is None else env
+    root = _Section(_expand(data, "", env, base_dir), "")
+    kafka = root.section("kafka").data
+    root.seen.add("kafka")
+    if "bootstrap.servers" not in kafka:
+        raise ConfigError("kafka.bootstrap.servers", "is required")
+    metrics = root.section("metrics")
+    listen = metrics.string("listen", "0.0.0.0:9464")
+    metrics.finish()
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError("metrics.listen", f"must be HOST:PORT, got {listen!r}")
+    shutdown_timeout = root.typed("shutdown_timeout", parse_duration, 30.0)
+    sinks_raw = root.raw("sinks")
+    if not isinstance(sinks_raw, list) or not sinks_raw:
+        raise ConfigError("sinks", "must be a non-empty list")
+    sinks = tuple(_sink(_Section(s, f"sinks[{i}]"), i, base_dir) for i, s in enumerate(sinks_raw))
+    names = [s.name for s in sinks]
+    for i, n in enumerate(names):
+        if n in names[:i]:
+            raise ConfigError(f"sinks[{i}].name", f"duplicate sink name {n!r}")
+    if root.has("sources"):
+        raise ConfigError("sources", "sources (peopleai.activities) are not available in this version yet")
+    root.finish()
+    return Settings(
+        kafka={k: str(v) if not isinstance(v, str) else v for k, v in kafka.items()},
+        metrics_host=host,
+        metrics_port=int(port),
+        shutdown_timeout=shutdown_timeout,
+        sinks=sinks,
+        base_dir=base_dir,
+    )
+
+
+def load_settings(path: Path, env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from a YAML file; relative paths in it resolve against the file's folder."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError("", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"{path} is not valid YAML: {exc}") from None
+    return parse_settings(data, env, path.resolve().parent)
+
+
+_SECRET_KEYS = re.compile(r"(password|secret|token|sasl\.oauthbearer|key\.password)", re.IGNORECASE)
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as plain data, every secret replaced by ***."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Secret):
+            return "***"
+        if isinstance(value, Path):
+            return str(value)
+        if hasattr(value, "__dataclass_fields__"):
+            return {k: plain(getattr(value, k)) for k in value.__dataclass_fields__}
+        if isinstance(value, Mapping):
+            return {k: "***" if _SECRET_KEYS.search(str(k)) else plain(v) for k, v in value.items()}
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        return value
+
+    result: dict[str, Any] = plain(settings)
+    return result

@@ -1,0 +1,114 @@
+"""Writing failed records to the dead-letter topic with their original key, value, headers and timestamp.
+
+The producer is idempotent with acks=all. A record counts as settled only when the broker has acknowledged
+its dead letter (the callback below), so no offset is committed past a record whose dead letter could
+still be lost. Headers follow Kafka Connect's names, so existing tooling reads them, plus our own context.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from connector.delivery.service import Failure
+from connector.metrics import SinkMetrics
+from connector.records import Record
+
+log = logging.getLogger(__name__)
+
+STAGES = {
+    "decode_error": "VALUE_CONVERTER",
+    "invalid_record": "TRANSFORMATION",
+    "record_too_large": "TRANSFORMATION",
+}
+EXCEPTION_CLASSES = {
+    "decode_error": "connector.codec.DecodeError",
+    "invalid_record": "connector.InvalidRecord",
+    "record_too_large": "connector.RecordTooLarge",
+    "rejected": "connector.RejectedByDestination",
+    "retries_exhausted": "connector.RetriesExhausted",
+    "import_failed": "connector.ImportFailed",
+}
+_OUR_PREFIXES = ("__connect.errors.", "__activity.error.")
+
+
+def dead_letter_headers(
+    record: Record, failure: Failure, sink: str, destination: str
+) -> list[tuple[str, str | bytes | None]]:
+    """The original headers (minus error headers of an earlier failure) plus this failure's context."""
+    raw = record.message.headers() or []
+    original = list(raw.items()) if isinstance(raw, dict) else raw
+    headers = [(k, v) for k, v in original if not k.startswith(_OUR_PREFIXES)]
+    headers += [
+        ("__connect.errors.topic", record.topic.encode()),
+        ("__connect.errors.partition", str(record.partition).encode()),
+        ("__connect.errors.offset", str(record.offset).encode()),
+        ("__connect.errors.connector.name", sink.encode()),
+        ("__connect.errors.stage", STAGES.get(failure.reason, "TASK_PUT").encode()),
+        ("__connect.errors.exception.class.name", EXCEPTION_CLASSES[failure.reason].encode()),
+        ("__connect.errors.exception.message", failure.message.encode()[:1024]),
+        ("__activity.error.reason", failure.reason.encode()),
+        ("__activity.error.attempts", str(failure.attempts).encode()),
+        ("__activity.error.destination", destination.encode()),
+    ]
+    if failure.http_status is not None:
+        headers.append(("__activity.error.http_status", str(failure.http_status).encode()))
+        headers.append(("__activity.error.http_body", failure.http_body[:1024]))
+    if failure.import_id is not None:
+        headers.append(("__activity.error.import_id", failure.import_id.encode()))
+    return headers
+
+
+class DeadLetterWriter:
+    """Produces dead letters; `on_written(record, ok)` runs from `poll()` once the broker answered."""
+
+    def __init__(
+        self,
+        producer: Producer,
+        topic: str,
+        sink: str,
+        destination: str,
+        metrics: SinkMetrics,
+        on_written: Callable[[Record, Failure, bool], None],
+    ) -> None:
+        self._producer = producer
+        self.topic = topic
+        self._sink = sink
+        self._destination = destination
+        self._m = metrics
+        self._on_written = on_written
+        self.pending = 0
+
+    def write(self, record: Record, failure: Failure) -> None:
+        def delivered(err: KafkaError | None, _: Message) -> None:
+            self.pending -= 1
+            if err is not None:
+                log.error("dead letter for %r not written: %s", record, err)
+            else:
+                self._m.dead_lettered(failure.reason)
+            self._on_written(record, failure, err is None)
+
+        self.pending += 1
+        while True:
+            try:
+                self._producer.produce(
+                    self.topic,
+                    value=record.value,
+                    key=record.key,
+                    headers=dead_letter_headers(record, failure, self._sink, self._destination),
+                    timestamp=record.timestamp_ms if record.timestamp_ms > 0 else 0,
+                    on_delivery=delivered,
+                )
+                return
+            except BufferError:
+                # The local queue is full: let librdkafka drain it, then try again.
+                self._producer.poll(0.1)
+
+    def poll(self) -> None:
+        self._producer.poll(0)
+
+    def flush(self, timeout: float) -> int:
+        remaining: int = self._producer.flush(timeout)
+        return remaining

@@ -1,0 +1,191 @@
+"""Every metric defined once, and the /metrics, /healthz, /readyz server.
+
+Each process has its own registry (so tests can run several connectors in one interpreter). A sink binds
+its label children once in `SinkMetrics`; the hot path then only calls pre-bound `inc()`/`set()`, once per
+batch rather than once per record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+P = "activity_connector_"
+_SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+_BYTES_BUCKETS = tuple(float(2**i) for i in range(10, 27, 2))  # 1 KiB .. 64 MiB
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class Metrics:
+    """The process's metric families."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        s = ("sink",)
+        self.records_consumed = Counter(
+            P + "records_consumed", "Records read from Kafka", (*s, "topic"), registry=r
+        )
+        self.records_delivered = Counter(
+            P + "records_delivered", "Records the destination accepted", s, registry=r
+        )
+        self.records_dead_lettered = Counter(
+            P + "records_dead_lettered",
+            "Records written to the dead-letter topic",
+            (*s, "reason"),
+            registry=r,
+        )
+        self.batches_sent = Counter(
+            P + "batches_sent", "Requests made, by result", (*s, "outcome"), registry=r
+        )
+        self.http_requests = Counter(
+            P + "http_requests", "HTTP answers by status", (*s, "status"), registry=r
+        )
+        self.rate_limited = Counter(P + "rate_limited", "429 answers", s, registry=r)
+        self.rate_limit_stall_seconds = Counter(
+            P + "rate_limit_stall_seconds", "Time requests were held back by rate limits", s, registry=r
+        )
+        self.retries = Counter(P + "retries", "Retried requests", (*s, "reason"), registry=r)
+        self.commits = Counter(P + "commits", "Offset commits", (*s, "outcome"), registry=r)
+        self.rate_limit_stalled = Gauge(
+            P + "rate_limit_stalled", "1 while held back by rate limits", s, registry=r
+        )
+        self.inflight_requests = Gauge(P + "inflight_requests", "Requests in flight", s, registry=r)
+        self.concurrency_limit = Gauge(P + "concurrency_limit", "Current in-flight limit", s, registry=r)
+        self.buffered_records = Gauge(P + "buffered_records", "Records held in memory", s, registry=r)
+        self.buffered_bytes = Gauge(P + "buffered_bytes", "Bytes held in memory", s, registry=r)
+        self.partitions_paused = Gauge(
+            P + "partitions_paused", "Partitions paused for backpressure", s, registry=r
+        )
+        self.consumer_lag = Gauge(
+            P + "consumer_lag", "Messages behind the partition's end", (*s, "topic", "partition"), registry=r
+        )
+        self.batch_records = Histogram(
+            P + "batch_records", "Records per request", s, buckets=_SIZE_BUCKETS, registry=r
+        )
+        self.batch_bytes = Histogram(
+            P + "batch_bytes", "Bytes per request", s, buckets=_BYTES_BUCKETS, registry=r
+        )
+        self.http_request_duration = Histogram(
+            P + "http_request_duration_seconds",
+            "HTTP request duration",
+            s,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.delivery_latency = Histogram(
+            P + "delivery_latency_seconds",
+            "Kafka record timestamp to accepted answer (the oldest record of each request)",
+            s,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def sink(self, name: str) -> SinkMetrics:
+        return SinkMetrics(self, name)
+
+    def value(self, name: str, labels: dict[str, str]) -> float:
+        """A sample's current value (0 when absent); for tests, the demo and the benchmark."""
+        v = self.registry.get_sample_value(P + name, labels)
+        return 0.0 if v is None else v
+
+
+class SinkMetrics:
+    """The children of one sink, bound once. Label values outside fixed sets are bound on first use."""
+
+    def __init__(self, m: Metrics, sink: str) -> None:
+        self.name = sink
+        self._m = m
+        self.delivered = m.records_delivered.labels(sink)
+        self.rate_limited = m.rate_limited.labels(sink)
+        self.stall_seconds = m.rate_limit_stall_seconds.labels(sink)
+        self.stalled = m.rate_limit_stalled.labels(sink)
+        self.inflight = m.inflight_requests.labels(sink)
+        self.concurrency_limit = m.concurrency_limit.labels(sink)
+        self.buffered_records = m.buffered_records.labels(sink)
+        self.buffered_bytes = m.buffered_bytes.labels(sink)
+        self.paused = m.partitions_paused.labels(sink)
+        self.batch_records = m.batch_records.labels(sink)
+        self.batch_bytes = m.batch_bytes.labels(sink)
+        self.request_duration = m.http_request_duration.labels(sink)
+        self.delivery_latency = m.delivery_latency.labels(sink)
+        self._counters: dict[tuple[str, str], Counter] = {}
+        self._lags: dict[tuple[str, int], Gauge] = {}
+
+    def _child(self, family: Counter, *values: str) -> Counter:
+        key = (family._name, "\0".join(values))
+        child = self._counters.get(key)
+        if child is None:
+            child = self._counters[key] = family.labels(self.name, *values)
+        return child
+
+    def consumed(self, topic: str, n: int) -> None:
+        self._child(self._m.records_consumed, topic).inc(n)
+
+    def dead_lettered(self, reason: str, n: int = 1) -> None:
+        self._child(self._m.records_dead_lettered, reason).inc(n)
+
+    def batch(self, outcome: str) -> None:
+        self._child(self._m.batches_sent, outcome).inc()
+
+    def http(self, status: str) -> None:
+        self._child(self._m.http_requests, status).inc()
+
+    def retry(self, reason: str) -> None:
+        self._child(self._m.retries, reason).inc()
+
+    def commit(self, outcome: str) -> None:
+        self._child(self._m.commits, outcome).inc()
+
+    def lag(self, topic: str, partition: int, value: float) -> None:
+        child = self._lags.get((topic, partition))
+        if child is None:
+            child = self._lags[(topic, partition)] = self._m.consumer_lag.labels(
+                self.name, topic, str(partition)
+            )
+        child.set(value)
+
+    def value(self, name: str, **labels: str) -> float:
+        return self._m.value(name, {"sink": self.name, **labels})
+
+
+class HealthServer:
+    """Serves /metrics, /healthz (the loops are alive) and /readyz (every sink assigned, Kafka reachable)."""
+
+    def __init__(self, metrics: Metrics, alive: Callable[[], bool], ready: Callable[[], bool]) -> None:
+        self._metrics = metrics
+        self._alive = alive
+        self._ready = ready
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def _metrics_page(self, _: web.Request) -> web.Response:
+        body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, self._metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.Response(status=200 if self._alive() else 503, text="ok" if self._alive() else "stalled")
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        ready = self._ready()
+        return web.Response(status=200 if ready else 503, text="ready" if ready else "not ready")
+
+    async def start(self, host: str, port: int) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics_page)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()

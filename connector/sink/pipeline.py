@@ -1,0 +1,378 @@
+"""One sink: consume → decode → validate → batch → send → settle (commit or dead-letter).
+
+This is the only module that wires the stages together. It runs on the asyncio loop: `consume()` is
+called with a zero timeout so it never blocks the loop (librdkafka would otherwise wait the whole timeout
+for a batch to fill), requests run as tasks, and every call back from librdkafka (rebalance, commit,
+statistics, dead-letter acknowledgement) happens on this same thread.
+
+Ordering: records are spread over `delivery.concurrency` lanes by key, and a lane has at most one request
+in flight, so records with the same key reach the destination in offset order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from connector.codec import DecodeError, compile_validator, load_schema, make_decoder
+from connector.config import SinkSettings
+from connector.deadletter import DeadLetterWriter
+from connector.delivery.auth import auth_headers
+from connector.delivery.service import BatchResult, DeliveryService, Failure, make_client
+from connector.destinations import make_destination
+from connector.errors import ConfigError, DeadLetterError, FatalError
+from connector.kafka import consumer_config, producer_config
+from connector.metrics import Metrics
+from connector.records import Record
+from connector.sink.backpressure import Backpressure
+from connector.sink.batcher import Batch, Batcher
+from connector.sink.offsets import OffsetTracker
+
+log = logging.getLogger(__name__)
+
+CONSUME_MAX = 500  # messages handed over per consume() call
+IDLE_SLEEP = 0.01  # seconds to yield when Kafka had nothing for us
+COMMIT_INTERVAL = 1.0
+
+
+class Lane:
+    """An ordered line of batches with at most one request in flight."""
+
+    __slots__ = ("batcher", "busy", "ready")
+
+    def __init__(self, batcher: Batcher[Record]) -> None:
+        self.batcher = batcher
+        self.ready: deque[Batch[Record]] = deque()
+        self.busy = False
+
+
+class SinkPipeline:
+    def __init__(
+        self,
+        settings: SinkSettings,
+        kafka: Mapping[str, Any],
+        metrics: Metrics,
+        shutdown_timeout: float = 30.0,
+    ) -> None:
+        self.settings = settings
+        self.shutdown_timeout = shutdown_timeout
+        self.name = settings.name
+        self.m = metrics.sink(settings.name)
+        self.destination = make_destination(settings.destination.type, settings.destination.options)
+        self.validate = compile_validator(load_schema(self.destination.schema_file))
+        self.decoder = make_decoder(settings.format, settings.schema, settings.schema_registry_url)
+
+        b = settings.batch
+        cap = self.destination.max_records
+        max_records = b.max_records or cap
+        if max_records > cap:
+            raise ConfigError(
+                f"sinks.{settings.name}.batch.max_records",
+                f"{max_records} is above {self.destination.type}'s cap of {cap}",
+            )
+        self.max_bytes = b.max_bytes
+        self.lanes = [
+            Lane(Batcher(max_records, b.max_bytes, b.max_wait)) for _ in range(settings.delivery.concurrency)
+        ]
+        self.offsets = OffsetTracker()
+        self.backpressure = Backpressure(b.max_buffered_bytes)
+
+        config = consumer_config(kafka, settings.group_id, settings.consumer)
+        config.update(
+            stats_cb=self._on_stats,
+            on_commit=self._on_commit,
+            error_cb=self._on_kafka_error,
+        )
+        self.consumer = Consumer(config)
+        self.producer = Producer({**producer_config(kafka), "error_cb": self._on_kafka_error})
+        self.dead_letters = DeadLetterWriter(
+            self.producer,
+            settings.dead_letter_topic,
+            settings.name,
+            self.destination.type,
+            self.m,
+            self._on_dead_lettered,
+        )
+        dest = settings.destination
+        headers = auth_headers(dest.auth)
+        self.client = make_client(dest.url, headers, settings.delivery)
+        self.service = DeliveryService(
+            self.destination,
+            self.client,
+            settings.delivery,
+            self.m,
+            fail_on_error=settings.on_error == "fail",
+            secrets=list(headers.values()),
+        )
+        self.fatal: BaseException | None = None
+        self.assigned = False
+        self.heartbeat = time.monotonic()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._paused: set[tuple[str, int]] = set()
+
+    # --- the loop -------------------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set or a fatal error; then flush, settle, commit and close."""
+        self.consumer.subscribe(
+            self.settings.subscription,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        next_commit = time.monotonic() + COMMIT_INTERVAL
+        try:
+            while not stop.is_set() and self.fatal is None:
+                messages = self.consumer.consume(CONSUME_MAX, 0)
+                now = self.heartbeat = time.monotonic()
+                if messages:
+                    self._ingest(messages, now)
+                self._close_due(now)
+                self._dispatch()
+                self.dead_letters.poll()
+                self._apply_backpressure()
+                if now >= next_commit:
+                    self._commit()
+                    self._update_gauges()
+                    next_commit = now + COMMIT_INTERVAL
+                await asyncio.sleep(0 if messages else IDLE_SLEEP)
+        finally:
+            await self._shutdown()
+        if self.fatal is not None:
+            raise self.fatal
+
+    def _ingest(self, messages: list[Message], now: float) -> None:
+        offsets, lanes, nlanes = self.offsets, self.lanes, len(self.lanes)
+        decode, validate, check = self.decoder.decode, self.validate, self.destination.check
+        max_bytes = self.max_bytes
+        consumed: dict[str, int] = {}
+        accepted = accepted_bytes = 0
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("%s: consumer error: %s", self.name, error)
+                    if error.fatal():
+                        self.fatal = KafkaException(error)
+                continue
+            tp = (message.topic(), message.partition())
+            epoch = offsets.epoch(tp)  # type: ignore[arg-type]
+            if epoch == 0:
+                continue  # a message of a partition revoked since it was fetched
+            record = Record(message, epoch)
+            offsets.track(tp, record.offset)  # type: ignore[arg-type]
+            consumed[record.topic] = consumed.get(record.topic, 0) + 1
+            value = record.value
+            if value is None:
+                self._dead_letter(record, Failure("decode_error", "the record has no value (tombstone)"))
+                continue
+            if record.size > max_bytes:
+                self._dead_letter(
+                    record,
+                    Failure(
+                        "record_too_large", f"{record.size} bytes is above batch.max_bytes ({max_bytes})"
+                    ),
+                )
+                continue
+            try:
+                payload = decode(value)
+            except DecodeError as exc:
+                self._dead_letter(record, Failure("decode_error", str(exc)))
+                continue
+            problem = validate(payload) or check(payload)
+            if problem is not None:
+                self._dead_letter(record, Failure("invalid_record", problem))
+                continue
+            record.payload = payload
+            key = record.key
+            lane = lanes[(hash(key) if key is not None else record.partition) % nlanes]
+            for closed in lane.batcher.add(record, record.size, now):
+                lane.ready.append(closed)
+            accepted += 1
+            accepted_bytes += record.size
+        self.backpressure.add(accepted, accepted_bytes)
+        for topic, n in consumed.items():
+            self.m.consumed(topic, n)
+
+    def _close_due(self, now: float) -> None:
+        for lane in self.lanes:
+            batch = lane.batcher.take_due(now)
+            if batch is not None:
+                lane.ready.append(batch)
+
+    def _dispatch(self) -> None:
+        for lane in self.lanes:
+            if not lane.busy and lane.ready:
+                lane.busy = True
+                task = asyncio.create_task(self._deliver(lane, lane.ready.popleft()))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, lane: Lane, batch: Batch[Record]) -> None:
+        try:
+            result: BatchResult = await self.service.deliver(batch.items)
+        except FatalError as exc:
+            log.error("%s: %s", self.name, exc)
+            self.fatal = exc
+            return  # the lane stays busy: nothing more is sent, nothing of this batch is settled
+        except Exception as exc:
+            log.exception("%s: delivery failed unexpectedly", self.name)
+            self.fatal = exc
+            return
+        finally:
+            self.backpressure.remove(len(batch), batch.nbytes)
+        for record in result.delivered:
+            self.offsets.settle((record.topic, record.partition), record.epoch, record.offset)
+        for record, failure in result.failed:
+            self._dead_letter(record, failure)
+        lane.busy = False
+
+    # --- settling -------------------------------------------------------------------------------------------
+
+    def _dead_letter(self, record: Record, failure: Failure) -> None:
+        if self.offsets.epoch((record.topic, record.partition)) != record.epoch:
+            return  # revoked meanwhile: the partition's new owner decides about this record
+        self.dead_letters.write(record, failure)
+
+    def _on_dead_lettered(self, record: Record, failure: Failure, ok: bool) -> None:
+        if ok:
+            self.offsets.settle((record.topic, record.partition), record.epoch, record.offset)
+        elif self.fatal is None:
+            self.fatal = DeadLetterError(
+                f"{self.name}: could not write to dead-letter topic {self.dead_letters.topic}"
+            )
+
+    def _commit(self, sync: bool = False) -> None:
+        points = self.offsets.to_commit()
+        if not points:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in points.items()]
+        try:
+            if sync:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+            else:
+                self.consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as exc:
+            self.m.commit("failed")
+            log.warning("%s: commit failed: %s", self.name, exc)
+
+    # --- librdkafka callbacks (run inside consume()/poll() on this thread) ------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for p in partitions:
+            self.offsets.assign((p.topic, p.partition))
+        self.assigned = True
+        log.info("%s: assigned %s", self.name, [f"{p.topic}[{p.partition}]" for p in partitions])
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._close_partitions(partitions, commit=True)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._close_partitions(partitions, commit=False)
+
+    def _close_partitions(self, partitions: list[TopicPartition], commit: bool) -> None:
+        """Kafka Connect's close(): commit what is settled, drop what is buffered for these partitions."""
+        gone = {(p.topic, p.partition) for p in partitions}
+
+        def drop(r: Record) -> bool:
+            return (r.topic, r.partition) in gone
+
+        for lane in self.lanes:
+            removed = lane.batcher.discard(drop, lambda r: r.size)
+            for batch in lane.ready:
+                removed += [r for r in batch.items if drop(r)]
+                batch.items = [r for r in batch.items if not drop(r)]
+            lane.ready = deque(b for b in lane.ready if b.items)
+            self.backpressure.remove(len(removed), sum(r.size for r in removed))
+        points = [(tp, self.offsets.revoke(tp)) for tp in gone]
+        self._paused -= gone
+        to_commit = [TopicPartition(t, p, o) for (t, p), o in points if o is not None]
+        if commit and to_commit:
+            try:
+                self.consumer.commit(offsets=to_commit, asynchronous=False)
+            except KafkaException as exc:
+                log.warning("%s: commit on revoke failed: %s", self.name, exc)
+        log.info("%s: %s %s", self.name, "revoked" if commit else "lost", sorted(gone))
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        self.m.commit("failed" if error is not None else "success")
+        if error is not None:
+            log.warning("%s: commit failed: %s", self.name, error)
+
+    def _on_stats(self, stats_json: str) -> None:
+        stats = orjson.loads(stats_json)
+        for topic, t in stats.get("topics", {}).items():
+            for pid, p in t.get("partitions", {}).items():
+                lag = p.get("consumer_lag", -1)
+                if pid != "-1" and lag >= 0:
+                    self.m.lag(topic, int(pid), lag)
+
+    def _on_kafka_error(self, error: KafkaError) -> None:
+        log.warning("%s: kafka: %s", self.name, error)
+        if error.fatal() and self.fatal is None:
+            self.fatal = KafkaException(error)
+
+    # --- backpressure, gauges, shutdown ---------------------------------------------------------------------
+
+    def _apply_backpressure(self) -> None:
+        bp = self.backpressure
+        if bp.should_pause():
+            bp.paused = True
+            log.info("%s: buffer full (%d bytes): pausing partitions", self.name, bp.bytes)
+        elif bp.should_resume():
+            bp.paused = False
+            if self._paused:
+                self.consumer.resume([TopicPartition(t, p) for t, p in self._paused])
+                self._paused.clear()
+            self.m.paused.set(0)
+            return
+        if bp.paused:
+            assigned = set(self.offsets.partitions())
+            newly = assigned - self._paused
+            if newly:
+                self.consumer.pause([TopicPartition(t, p) for t, p in newly])
+                self._paused |= newly
+                self.m.paused.set(len(self._paused))
+
+    def _update_gauges(self) -> None:
+        self.m.buffered_records.set(self.backpressure.records)
+        self.m.buffered_bytes.set(self.backpressure.bytes)
+
+    def idle(self) -> bool:
+        """Nothing buffered, nothing in flight, no dead letter awaiting its acknowledgement."""
+        return (
+            not self._tasks
+            and self.dead_letters.pending == 0
+            and all(not lane.ready and lane.batcher.open_batch is None for lane in self.lanes)
+        )
+
+    async def _shutdown(self) -> None:
+        deadline = time.monotonic() + self.shutdown_timeout
+        if self.fatal is None:
+            for lane in self.lanes:
+                batch = lane.batcher.flush()
+                if batch is not None:
+                    lane.ready.append(batch)
+            while self.fatal is None and time.monotonic() < deadline and not self.idle():
+                self._dispatch()
+                self.dead_letters.poll()
+                await asyncio.sleep(0.01)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.dead_letters.flush(max(1.0, deadline - time.monotonic()))
+        self._commit(sync=True)
+        self._update_gauges()
+        try:
+            self.consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("%s: closing the consumer: %s", self.name, exc)
+        await self.client.aclose()
+        log.info("%s: stopped", self.name)

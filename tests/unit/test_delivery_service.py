@@ -1,0 +1,102 @@
+"""The shared send stack against scripted answers (httpx.MockTransport): split, retry, give up, stop."""
+
+import asyncio
+from collections.abc import Callable
+
+import httpx
+import orjson
+import pytest
+
+from connector.config import DeliverySettings, RetrySettings
+from connector.delivery.service import BatchResult, DeliveryService
+from connector.destinations.rally_uxr import RallyUxrActivities
+from connector.errors import DestinationAuthError
+from connector.metrics import Metrics
+from connector.records import Record
+from tests.unit.helpers import activity, record
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def _run(handler: Handler, batch: list[Record], attempts: int = 3) -> tuple[BatchResult, Metrics]:
+    metrics = Metrics()
+    settings = DeliverySettings(
+        concurrency=2,
+        timeout=5,
+        retry=RetrySettings(max_attempts=attempts, initial_backoff=0.001, max_backoff=0.01),
+    )
+
+    async def go() -> BatchResult:
+        async with httpx.AsyncClient(base_url="http://api", transport=httpx.MockTransport(handler)) as client:
+            service = DeliveryService(
+                RallyUxrActivities({}), client, settings, metrics.sink("s"), secrets=["tok-123"]
+            )
+            return await service.deliver(batch)
+
+    return asyncio.run(go()), metrics
+
+
+def _accepted(errors: list[object] | None = None) -> httpx.Response:
+    return httpx.Response(202, json={"message": "ok", "importId": "i1", "errors": errors or []})
+
+
+def test_400_is_bisected_until_the_bad_record_is_alone() -> None:
+    batch = [record(activity(f"p{i}" if i != 5 else "bad"), i) for i in range(8)]
+    sizes: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        people = orjson.loads(request.content)["peopleActivities"]
+        sizes.append(sum(len(p["activities"]) for p in people))
+        if any(p["personId"] == "bad" for p in people):
+            return httpx.Response(400, json={"errors": [{"message": "bad", "path": ["peopleActivities", 0]}]})
+        return _accepted()
+
+    result, metrics = _run(handler, batch)
+    assert [r.offset for r in result.delivered] == [0, 1, 2, 3, 4, 6, 7]
+    assert [(r.offset, f.reason, f.http_status) for r, f in result.failed] == [(5, "rejected", 400)]
+    assert sizes == [8, 4, 4, 2, 1, 1, 2]  # halves are sent in order, the good half at once
+    assert metrics.value("records_delivered_total", {"sink": "s"}) == 7
+
+
+def test_5xx_retried_then_delivered_in_order() -> None:
+    calls = iter([httpx.Response(503), httpx.Response(500, text="boom"), _accepted()])
+    result, metrics = _run(lambda r: next(calls), [record(activity("a"), 0), record(activity("b"), 1)])
+    assert [r.offset for r in result.delivered] == [0, 1] and not result.failed
+    assert metrics.value("retries_total", {"sink": "s", "reason": "503"}) == 1
+    assert metrics.value("retries_total", {"sink": "s", "reason": "500"}) == 1
+    assert metrics.value("batches_sent_total", {"sink": "s", "outcome": "success"}) == 1
+
+
+def test_retries_exhausted_fail_every_record_with_redacted_body() -> None:
+    result, _ = _run(lambda r: httpx.Response(502, text="upstream said tok-123"), [record(activity("a"))])
+    ((rec, failure),) = result.failed
+    assert failure.reason == "retries_exhausted" and failure.attempts == 3 and failure.http_status == 502
+    assert failure.http_body == b"upstream said ***"
+
+
+def test_429_holds_then_succeeds_without_using_attempts() -> None:
+    answers = [httpx.Response(429, headers={"Retry-After": "0"}) for _ in range(5)] + [_accepted()]
+    calls = iter(answers)
+    result, metrics = _run(lambda r: next(calls), [record(activity("a"))], attempts=2)
+    assert len(result.delivered) == 1
+    assert metrics.value("rate_limited_total", {"sink": "s"}) == 5
+
+
+def test_401_stops_the_sink() -> None:
+    with pytest.raises(DestinationAuthError):
+        _run(lambda r: httpx.Response(401, text="Unauthorized"), [record(activity("a"))])
+
+
+def test_partial_202_rejections_carry_message_and_import_id() -> None:
+    batch = [record(activity("a"), 0), record(activity("b"), 1)]
+    result, _ = _run(
+        lambda r: _accepted([{"message": "Person not found", "path": ["peopleActivities", 1]}]), batch
+    )
+    assert [r.offset for r in result.delivered] == [0]
+    ((rec, failure),) = result.failed
+    assert (rec.offset, failure.reason, failure.message, failure.import_id) == (
+        1,
+        "rejected",
+        "Person not found",
+        "i1",
+    )

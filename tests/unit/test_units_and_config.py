@@ -1,0 +1,93 @@
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connector.config import Secret, parse_settings, redacted
+from connector.errors import ConfigError
+from connector.units import parse_duration, parse_size
+
+
+def test_durations_and_sizes() -> None:
+    assert parse_duration("250ms") == 0.25
+    assert parse_duration("2s") == 2.0
+    assert parse_duration("5m") == 300.0
+    assert parse_duration(3) == 3.0
+    assert parse_size("512KiB") == 512 * 1024
+    assert parse_size("4MiB") == 4 * 1024 * 1024
+    assert parse_size("5MB") == 5_000_000
+    for bad in ("fast", "-1s", "2 weeks"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+    with pytest.raises(ValueError):
+        parse_size("lots")
+
+
+def _minimal(**sink: Any) -> dict[str, Any]:
+    base = {
+        "name": "uxr",
+        "topics": ["a"],
+        "destination": {
+            "type": "rally_uxr.activities",
+            "url": "http://x/api/public/v1",
+            "auth": {"type": "bearer", "token": "${TOKEN}"},
+        },
+    }
+    base.update(sink)
+    return {"kafka": {"bootstrap.servers": "127.0.0.1:9092"}, "sinks": [base]}
+
+
+def test_env_expansion_defaults_and_secrets(tmp_path: Path) -> None:
+    s = parse_settings(_minimal(), env={"TOKEN": "s3cret"})
+    sink = s.sinks[0]
+    assert sink.destination.auth.token == Secret("s3cret")
+    assert sink.group_id == "activity-connector.uxr"
+    assert sink.dead_letter_topic == "uxr.dlq"
+    assert sink.batch.max_wait == 1.0 and sink.delivery.concurrency == 4
+    shown = redacted(s)
+    assert "s3cret" not in repr(shown) and "s3cret" not in repr(sink)
+    assert shown["sinks"][0]["destination"]["auth"]["token"] == "***"
+
+    (tmp_path / "tok").write_text("from-file\n")
+    doc = _minimal()
+    doc["sinks"][0]["destination"]["auth"]["token"] = {"secret_file": "tok"}
+    s2 = parse_settings(doc, env={}, base_dir=tmp_path)
+    token = s2.sinks[0].destination.auth.token
+    assert token is not None and token.reveal() == "from-file"
+
+    doc = _minimal()
+    doc["sinks"][0]["destination"]["auth"]["token"] = "${MISSING:-fallback}"
+    token = parse_settings(doc, env={}).sinks[0].destination.auth.token
+    assert token is not None and token.reveal() == "fallback"
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"batch": {"max_recrods": 5}}, "sinks[0].batch.max_recrods"),
+        ({"batch": {"max_wait": "soon"}}, "sinks[0].batch.max_wait"),
+        ({"format": "xml"}, "sinks[0].format"),
+        ({"format": "avro"}, "sinks[0].schema"),
+        ({"delivery": {"concurrency": 0}}, "sinks[0].delivery.concurrency"),
+        ({"on_error": "ignore"}, "sinks[0].on_error"),
+        ({"topic_pattern": "^x"}, "sinks[0].topics"),
+    ],
+)
+def test_errors_name_the_key(change: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_settings(_minimal(**change), env={"TOKEN": "t"})
+    assert info.value.key == key
+
+
+def test_missing_variable_is_named() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_settings(_minimal(), env={})
+    assert "TOKEN" in str(info.value) and info.value.key == "sinks[0].destination.auth.token"
+
+
+def test_unknown_top_level_key() -> None:
+    doc = _minimal()
+    doc["sinkz"] = []
+    with pytest.raises(ConfigError) as info:
+        parse_settings(doc, env={"TOKEN": "t"})
+    assert info.value.key == "sinkz"
