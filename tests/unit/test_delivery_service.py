@@ -69,7 +69,7 @@ def test_5xx_retried_then_delivered_in_order() -> None:
 
 def test_retries_exhausted_fail_every_record_with_redacted_body() -> None:
     result, _ = _run(lambda r: httpx.Response(502, text="upstream said tok-123"), [record(activity("a"))])
-    ((rec, failure),) = result.failed
+    ((_rec, failure),) = result.failed
     assert failure.reason == "retries_exhausted" and failure.attempts == 3 and failure.http_status == 502
     assert failure.http_body == b"upstream said ***"
 

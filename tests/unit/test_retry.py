@@ -1,6 +1,6 @@
 import random
-from email.utils import format_datetime
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 from connector.delivery.retry import Backoff, Fatal, Retry, classify_status, retry_after
 

@@ -1,0 +1,152 @@
+"""`make bench`: throughput of the connector against its own ceiling, measured in one run.
+
+(a) ceiling: consume + decode only, in one process, of the same topic;
+(b) end to end: the connector consuming, decoding, validating, batching, sending to the sandbox (a separate
+    process) and settling, for JSON and for Avro.
+Prints records/s for each and the ratio (b)/(a), and writes them to bench/results/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer
+
+from connector.codec import make_decoder
+from connector.config import parse_settings
+from connector.sandbox.control import SandboxClient
+from connector.sandbox.events import avro_events, json_events, produce, uxr_activity
+from connector.sandbox.harness import ConnectorThread
+from connector.sandbox.kafka_broker import broker_from_env, create_topic
+from connector.sandbox.server import SandboxProcess
+
+RECORDS = int(os.environ.get("BENCH_RECORDS", "200000"))
+PARTITIONS = 4
+SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "rally_uxr_activity.avsc"
+
+
+def ceiling(bootstrap: str, topic: str, fmt: str, n: int) -> float:
+    """Records/s of consume(500) + decode alone, from the first record to the last."""
+    decoder = make_decoder(fmt, SCHEMA if fmt == "avro" else None)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-ceiling-{uuid.uuid4().hex[:6]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 100,
+        }
+    )
+    consumer.subscribe([topic])
+    seen = 0
+    started = 0.0
+    decode = decoder.decode
+    while seen < n:
+        messages = consumer.consume(500, 0.1)
+        if messages and not started:
+            started = time.perf_counter()
+        for m in messages:
+            if m.error() is None:
+                decode(m.value())  # type: ignore[arg-type]
+                seen += 1
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return n / elapsed
+
+
+def end_to_end(bootstrap: str, sandbox_url: str, topic: str, fmt: str, n: int) -> dict[str, Any]:
+    sink: dict[str, Any] = {
+        "name": f"bench-{fmt}",
+        "topics": [topic],
+        "group_id": f"bench-{fmt}-{uuid.uuid4().hex[:6]}",
+        "format": fmt,
+        "destination": {
+            "type": "rally_uxr.activities",
+            "url": f"{sandbox_url}/rally-uxr/api/public/v1",
+            "auth": {"type": "bearer", "token": "sandbox-token"},
+        },
+        "batch": {"max_records": 1000, "max_bytes": "1MiB", "max_wait": "200ms"},
+        "delivery": {"concurrency": 4},
+        "dead_letter": {"topic": f"{topic}.dlq"},
+    }
+    if fmt == "avro":
+        sink["schema"] = str(SCHEMA)
+    settings = parse_settings(
+        {"kafka": {"bootstrap.servers": bootstrap}, "metrics": {"listen": "127.0.0.1:0"}, "sinks": [sink]},
+        env={},
+    )
+    with ConnectorThread(settings) as connector:
+        m = connector.app.sinks[0].m
+        started = time.perf_counter()
+        first = None
+        while (delivered := m.value("records_delivered_total")) < n:
+            if connector.error is not None:
+                raise RuntimeError(f"connector failed: {connector.error!r}")
+            if first is None and m.value("records_consumed_total", topic=topic) > 0:
+                first = time.perf_counter()
+            if time.perf_counter() - started > 600:
+                raise TimeoutError(f"only {delivered} of {n} delivered")
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - (first or started)
+        requests = sum(
+            m.value("batches_sent_total", outcome=o) for o in ("success", "partial", "retried", "failed")
+        )
+        dead = m.value("records_dead_lettered_total", reason="invalid_record")
+    return {"records_per_s": n / elapsed, "seconds": elapsed, "requests": requests, "dead_lettered": dead}
+
+
+def main() -> None:
+    bootstrap, broker = broker_from_env()
+    sandbox = SandboxProcess()
+    sandbox.start()
+    control = SandboxClient(sandbox.url)
+    results: dict[str, Any] = {
+        "records": RECORDS,
+        "partitions": PARTITIONS,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    try:
+        run = uuid.uuid4().hex[:6]
+        for fmt, events in (("json", json_events), ("avro", avro_events)):
+            topic = f"bench.{run}.{fmt}"
+            create_topic(bootstrap, topic, PARTITIONS)
+            print(f"[{fmt}] producing {RECORDS} records to {topic} ...", flush=True)
+            produce(bootstrap, topic, events(uxr_activity(i) for i in range(RECORDS)))
+            a = ceiling(bootstrap, topic, fmt, RECORDS)
+            print(f"[{fmt}] (a) ceiling, consume + decode:   {a:>10,.0f} records/s", flush=True)
+            control.reset()
+            b = end_to_end(bootstrap, sandbox.url, topic, fmt, RECORDS)
+            accepted = control.stats("rally_uxr.activities")["accepted"]
+            print(
+                f"[{fmt}] (b) connector end to end:       {b['records_per_s']:>10,.0f} records/s", flush=True
+            )
+            print(f"[{fmt}] ratio (b)/(a):                  {b['records_per_s'] / a:>10.2f}", flush=True)
+            print(f"[{fmt}] requests {b['requests']:.0f}, sandbox accepted {accepted}", flush=True)
+            results[fmt] = {
+                "ceiling_records_per_s": round(a),
+                "end_to_end_records_per_s": round(b["records_per_s"]),
+                "ratio": round(b["records_per_s"] / a, 3),
+                "requests": b["requests"],
+                "sandbox_accepted": accepted,
+            }
+    finally:
+        sandbox.stop()
+        if broker is not None:
+            broker.stop()
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    path = out / f"throughput-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    (out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results written to {path}")
+
+
+if __name__ == "__main__":
+    main()

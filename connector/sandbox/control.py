@@ -1,0 +1,35 @@
+"""A small client of the sandbox's control endpoints, for tests, the demo and the benchmark.
+
+`api` names a simulator, e.g. `rally_uxr.activities`. Settings are described in
+`connector.sandbox.simulator`; the test triggers of each API in its simulator module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+
+class SandboxClient:
+    def __init__(self, base_url: str) -> None:
+        self._http = httpx.Client(base_url=base_url, timeout=30)
+
+    def _ok(self, response: httpx.Response) -> Any:
+        response.raise_for_status()
+        return response.json()
+
+    def reset(self) -> None:
+        self._ok(self._http.post("/_sandbox/reset"))
+
+    def configure(self, api: str, **settings: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self._ok(self._http.post(f"/_sandbox/{api}/config", json=settings))
+        return result
+
+    def accepted(self, api: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._ok(self._http.get(f"/_sandbox/{api}/accepted"))
+        return result
+
+    def stats(self, api: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._ok(self._http.get(f"/_sandbox/{api}/stats"))
+        return result

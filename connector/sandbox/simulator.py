@@ -1,0 +1,151 @@
+"""What every API simulator shares: settings tests can change, auth, faults, rate limits and stats.
+
+Settings (changed through `POST /_sandbox/{api}/config`, merged into the current ones):
+- `token`: the credential the API accepts; `forbidden_tokens`: credentials answered with 403.
+- `rate_limit`: `{mode: none}`; `{mode: fixed_window, limit, window_seconds}` answers every request with
+  `X-RateLimit-Limit/Remaining/Reset` and, past the limit, 429 with `Retry-After`;
+  `{mode: retry_after_only, ...}` the same window but 429s carry only `Retry-After`;
+  `{mode: no_headers, ...}` 429s with no hint at all.
+- `latency_ms`: added to every answer; `fail_rate`: share of requests answered 500; `outage_until`: epoch
+  seconds until which every request gets 503; `seed`: for reproducible fault injection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections import Counter
+from typing import Any
+
+from aiohttp import web
+
+DEFAULTS: dict[str, Any] = {
+    "token": "sandbox-token",
+    "forbidden_tokens": ["forbidden-token"],
+    "rate_limit": {"mode": "none"},
+    "latency_ms": 0,
+    "fail_rate": 0.0,
+    "outage_until": 0,
+    "seed": 1,
+}
+
+
+class Simulator:
+    """Base of one API's simulator: `name` is its key under /_sandbox/, `prefix` its path prefix."""
+
+    name = ""
+    prefix = ""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def add_routes(self, app: web.Application) -> None:
+        """Mount this API's endpoints."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        self.settings: dict[str, Any] = {
+            k: (v.copy() if isinstance(v, list | dict) else v) for k, v in DEFAULTS.items()
+        }
+        self.rng = random.Random(self.settings["seed"])
+        self.accepted: list[dict[str, Any]] = []
+        self.statuses: Counter[int] = Counter()
+        self.refused = 0
+        self.max_batch = 0
+        self.window_start = 0.0
+        self.window_count = 0
+
+    def configure(self, changes: dict[str, Any]) -> None:
+        unknown = set(changes) - set(DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown settings: {sorted(unknown)}")
+        self.settings.update(changes)
+        if "seed" in changes:
+            self.rng = random.Random(changes["seed"])
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "requests": {str(k): v for k, v in sorted(self.statuses.items())},
+            "accepted": len(self.accepted),
+            "refused": self.refused,
+            "max_batch": self.max_batch,
+            "rate_limited": self.statuses[429],
+        }
+
+    def answer(
+        self, status: int, body: Any = None, text: str | None = None, headers: dict[str, str] | None = None
+    ) -> web.Response:
+        self.statuses[status] += 1
+        if text is not None:
+            return web.Response(status=status, text=text, headers=headers)
+        return web.json_response(body, status=status, headers=headers, dumps=_dumps)
+
+    def credential(self, request: web.Request) -> str | None:
+        """The credential the request carries; each API says where (bearer by default)."""
+        value = request.headers.get("Authorization", "")
+        return value[7:] if value.startswith("Bearer ") else None
+
+    async def gate(self, request: web.Request) -> tuple[web.Response | None, dict[str, str]]:
+        """Latency, outage, auth, rate limit and random faults, in that order.
+
+        Returns an answer to send instead of the real one, or None and the headers to add to it.
+        """
+        s = self.settings
+        if s["latency_ms"]:
+            await asyncio.sleep(s["latency_ms"] / 1000)
+        if time.time() < s["outage_until"]:
+            return self.answer(503, text="Service Unavailable", headers={"Retry-After": "1"}), {}
+        token = self.credential(request)
+        if token in s["forbidden_tokens"]:
+            return self.answer(403, text="Forbidden"), {}
+        if token != s["token"]:
+            return self.answer(401, text="Unauthorized"), {}
+        headers: dict[str, str] = {}
+        limit = s["rate_limit"]
+        if limit.get("mode", "none") != "none":
+            refusal = self._rate_limit(limit, headers)
+            if refusal is not None:
+                return refusal, {}
+        if s["fail_rate"] and self.rng.random() < s["fail_rate"]:
+            return self.answer(500, text="Internal Server Error", headers=headers), {}
+        return None, headers
+
+    def _rate_limit(self, limit: dict[str, Any], headers: dict[str, str]) -> web.Response | None:
+        now = time.time()
+        window = float(limit.get("window_seconds", 60))
+        # Fixed windows aligned to the epoch, like an API counting per calendar minute.
+        start = math.floor(now / window) * window
+        if start != self.window_start:
+            self.window_start, self.window_count = start, 0
+        reset = start + window
+        allowed = int(limit.get("limit", 1000))
+        mode = limit["mode"]
+        if self.window_count >= allowed:
+            wait = str(max(1, math.ceil(reset - now)))
+            if mode == "fixed_window":
+                h = {"Retry-After": wait, **_limit_headers(allowed, 0, reset)}
+            elif mode == "retry_after_only":
+                h = {"Retry-After": wait}
+            else:
+                h = {}
+            return self.answer(429, text="Too Many Requests", headers=h)
+        self.window_count += 1
+        if mode == "fixed_window":
+            headers.update(_limit_headers(allowed, allowed - self.window_count, reset))
+        return None
+
+
+def _limit_headers(limit: int, remaining: int, reset: float) -> dict[str, str]:
+    return {
+        "X-RateLimit-Limit": str(limit),
+        "X-RateLimit-Remaining": str(remaining),
+        "X-RateLimit-Reset": str(math.ceil(reset)),
+    }
+
+
+def _dumps(obj: Any) -> str:
+    import orjson
+
+    return orjson.dumps(obj).decode()

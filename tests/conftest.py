@@ -1,0 +1,35 @@
+"""Shared fixtures: one real Kafka broker for the whole run, and the sandbox APIs in their own process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from connector.sandbox.control import SandboxClient
+from connector.sandbox.kafka_broker import broker_from_env
+from connector.sandbox.server import SandboxProcess
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    bootstrap, broker = broker_from_env()
+    try:
+        yield bootstrap
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+@pytest.fixture(scope="session")
+def sandbox_url() -> Iterator[str]:
+    with SandboxProcess() as sandbox:
+        yield sandbox.url
+
+
+@pytest.fixture
+def sandbox(sandbox_url: str) -> SandboxClient:
+    """The sandbox's control client, with every simulator reset to its defaults."""
+    client = SandboxClient(sandbox_url)
+    client.reset()
+    return client

@@ -1,0 +1,74 @@
+"""Helpers for integration tests: settings for a sink against the sandbox, and reading a topic back."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from confluent_kafka import Consumer, Message
+
+from connector.config import Settings, parse_settings
+
+API = "rally_uxr.activities"
+
+
+def uxr_settings(bootstrap: str, sandbox_url: str, topic: str, **sink: Any) -> Settings:
+    run = uuid.uuid4().hex[:8]
+    base: dict[str, Any] = {
+        "name": "uxr",
+        "topics": [topic],
+        "group_id": f"test.{run}",
+        "destination": {
+            "type": API,
+            "url": f"{sandbox_url}/rally-uxr/api/public/v1",
+            "auth": {"type": "bearer", "token": "sandbox-token"},
+        },
+        "batch": {"max_records": 1000, "max_bytes": "256KiB", "max_wait": "100ms"},
+        "delivery": {"concurrency": 4, "retry": {"initial_backoff": "50ms", "max_backoff": "1s"}},
+        "dead_letter": {"topic": f"{topic}.dlq"},
+    }
+    for key, value in sink.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    doc = {
+        "kafka": {"bootstrap.servers": bootstrap},
+        "metrics": {"listen": "127.0.0.1:0"},
+        "shutdown_timeout": "10s",
+        "sinks": [base],
+    }
+    return parse_settings(doc, env={})
+
+
+def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 30.0) -> list[Message]:
+    """Every message of a topic; waits for `expected` messages, then a little more to catch extras."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    messages: list[Message] = []
+    deadline = time.monotonic() + timeout
+    settle_until = None
+    while time.monotonic() < deadline:
+        for m in consumer.consume(500, 0.2):
+            if m.error() is None:
+                messages.append(m)
+        if len(messages) >= expected:
+            settle_until = settle_until or time.monotonic() + 1.0
+            if time.monotonic() >= settle_until:
+                break
+    consumer.close()
+    return messages
+
+
+def headers_of(message: Message) -> dict[str, bytes]:
+    raw = message.headers() or []
+    items = raw.items() if isinstance(raw, dict) else raw
+    return {k: v if isinstance(v, bytes) else (v or "").encode() for k, v in items}
