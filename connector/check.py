@@ -10,20 +10,13 @@ import httpx
 from confluent_kafka.admin import AdminClient
 
 from connector.config import load_settings, redacted
-from connector.destinations import make_destination
-from connector.errors import ConfigError
+from connector.destinations import for_sink
 
 
 def check(path: Path, connect: bool) -> int:
     settings = load_settings(path)
     for i, sink in enumerate(settings.sinks):
-        try:
-            destination = make_destination(sink.destination.type, sink.destination.options)
-        except ConfigError as exc:
-            raise ConfigError(f"sinks[{i}].{exc.key}", exc.problem) from None
-        cap = destination.max_records
-        if sink.batch.max_records is not None and sink.batch.max_records > cap:
-            raise ConfigError(f"sinks[{i}].batch.max_records", f"above {destination.type}'s cap of {cap}")
+        for_sink(sink, i)
     print(json.dumps(redacted(settings), indent=2, default=str))
     if not connect:
         return 0

@@ -7,6 +7,7 @@ connector until every record is delivered or dead-lettered, prints a summary and
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 import uuid
 from typing import Any
@@ -47,6 +48,8 @@ def bad_events() -> list[tuple[str, Event]]:
 
 
 def run_demo(records: int = 20_000) -> int:
+    # The summary is the demo's output; the connector's own logs would drown it (run `run -v` to see them).
+    logging.getLogger("connector").setLevel(logging.WARNING)
     print("activity-connector demo: starting Kafka (the first run fetches its jars from Maven Central)...")
     bootstrap, broker = broker_from_env()
     sandbox = SandboxProcess()
@@ -54,7 +57,7 @@ def run_demo(records: int = 20_000) -> int:
         sandbox.start()
         control = SandboxClient(sandbox.url)
         # A modest rate limit so the summary shows how 429s are handled.
-        control.configure(API, rate_limit={"mode": "fixed_window", "limit": 8, "window_seconds": 1})
+        control.configure(API, rate_limit={"mode": "fixed_window", "limit": 20, "window_seconds": 1})
         run = uuid.uuid4().hex[:8]
         topic, dlq = f"demo.{run}.rally-uxr.activities", f"demo.{run}.rally-uxr.activities.dlq"
         create_topic(bootstrap, topic, partitions=4)
@@ -93,7 +96,7 @@ def run_demo(records: int = 20_000) -> int:
 
 def _config(bootstrap: str, sandbox_url: str, topic: str, dlq: str, run: str) -> dict[str, Any]:
     return {
-        "kafka": {"bootstrap.servers": bootstrap},
+        "kafka": {"bootstrap.servers": bootstrap, "log_level": 3},
         "metrics": {"listen": "127.0.0.1:0"},
         "sinks": [
             {

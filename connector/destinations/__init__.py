@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from connector.config import SinkSettings
 from connector.destinations.base import Destination
 from connector.destinations.rally_uxr import RallyUxrActivities
 from connector.errors import ConfigError
@@ -12,6 +13,22 @@ from connector.errors import ConfigError
 _REGISTRY: dict[str, Callable[[Mapping[str, Any]], Destination]] = {
     RallyUxrActivities.type: RallyUxrActivities,
 }
+
+
+def for_sink(sink: SinkSettings, index: int) -> tuple[Destination, int]:
+    """A sink's destination and its batch's record count, checked against the API's cap."""
+    key = f"sinks[{index}]"
+    try:
+        destination = make_destination(sink.destination.type, sink.destination.options)
+    except ConfigError as exc:
+        raise ConfigError(f"{key}.{exc.key}", exc.problem) from None
+    cap = destination.max_records
+    max_records = sink.batch.max_records or cap
+    if max_records > cap:
+        raise ConfigError(
+            f"{key}.batch.max_records", f"{max_records} is above {destination.type}'s cap of {cap}"
+        )
+    return destination, max_records
 
 
 def make_destination(kind: str, options: Mapping[str, Any]) -> Destination:
@@ -23,4 +40,4 @@ def make_destination(kind: str, options: Mapping[str, Any]) -> Destination:
     return factory(options)
 
 
-__all__ = ["Destination", "make_destination"]
+__all__ = ["Destination", "for_sink", "make_destination"]

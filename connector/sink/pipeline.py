@@ -26,8 +26,8 @@ from connector.config import SinkSettings
 from connector.deadletter import DeadLetterWriter
 from connector.delivery.auth import auth_headers
 from connector.delivery.service import BatchResult, DeliveryService, Failure, make_client
-from connector.destinations import make_destination
-from connector.errors import ConfigError, DeadLetterError, FatalError
+from connector.destinations import for_sink
+from connector.errors import DeadLetterError, FatalError
 from connector.kafka import consumer_config, producer_config
 from connector.metrics import Metrics
 from connector.records import Record
@@ -60,23 +60,16 @@ class SinkPipeline:
         kafka: Mapping[str, Any],
         metrics: Metrics,
         shutdown_timeout: float = 30.0,
+        index: int = 0,
     ) -> None:
         self.settings = settings
         self.shutdown_timeout = shutdown_timeout
         self.name = settings.name
         self.m = metrics.sink(settings.name)
-        self.destination = make_destination(settings.destination.type, settings.destination.options)
+        self.destination, max_records = for_sink(settings, index)
         self.validate = compile_validator(load_schema(self.destination.schema_file))
         self.decoder = make_decoder(settings.format, settings.schema, settings.schema_registry_url)
-
         b = settings.batch
-        cap = self.destination.max_records
-        max_records = b.max_records or cap
-        if max_records > cap:
-            raise ConfigError(
-                f"sinks.{settings.name}.batch.max_records",
-                f"{max_records} is above {self.destination.type}'s cap of {cap}",
-            )
         self.max_bytes = b.max_bytes
         self.lanes = [
             Lane(Batcher(max_records, b.max_bytes, b.max_wait)) for _ in range(settings.delivery.concurrency)

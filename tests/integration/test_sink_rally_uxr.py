@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter, defaultdict
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
@@ -198,3 +200,64 @@ def test_401_stops_the_sink_and_commits_nothing(
     assert "wrong-token" not in str(connector.error)
     assert committed_offsets(kafka_bootstrap, settings.sinks[0].group_id, topic) == {0: -1}
     assert sandbox.accepted(API) == []
+
+
+def test_metrics_health_and_readiness_endpoints(
+    kafka_bootstrap: str, sandbox_url: str, sandbox: SandboxClient
+) -> None:
+    topic = _topic("metrics", kafka_bootstrap, partitions=2)
+    produce(kafka_bootstrap, topic, json_events(uxr_activity(i) for i in range(500)))
+    settings = uxr_settings(kafka_bootstrap, sandbox_url, topic)
+    with ConnectorThread(settings) as connector:
+        connector.wait_drained(kafka_bootstrap, [topic])
+        base = f"http://127.0.0.1:{connector.app.health.port}"
+        assert httpx.get(base + "/healthz").status_code == 200
+        assert httpx.get(base + "/readyz").status_code == 200
+        deadline = time.monotonic() + 15  # lag comes from librdkafka statistics every 5 s
+        while "activity_connector_consumer_lag{" not in (page := httpx.get(base + "/metrics").text):
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+    lines = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in page.splitlines()
+        if not line.startswith("#")
+    }
+    assert lines[f'activity_connector_records_consumed_total{{sink="uxr",topic="{topic}"}}'] == 500
+    assert lines['activity_connector_records_delivered_total{sink="uxr"}'] == 500
+    assert lines['activity_connector_http_requests_total{sink="uxr",status="202"}'] >= 1
+    assert lines['activity_connector_concurrency_limit{sink="uxr"}'] == 4
+    assert lines['activity_connector_batch_records_count{sink="uxr"}'] >= 1
+    assert lines[f'activity_connector_consumer_lag{{partition="0",sink="uxr",topic="{topic}"}}'] == 0
+    assert lines['activity_connector_commits_total{outcome="success",sink="uxr"}'] >= 1
+
+
+def test_outage_pauses_partitions_within_the_buffer_bound_and_loses_nothing(
+    kafka_bootstrap: str, sandbox_url: str, sandbox: SandboxClient
+) -> None:
+    topic = _topic("outage", kafka_bootstrap, partitions=2)
+    produce(kafka_bootstrap, topic, json_events(uxr_activity(i) for i in range(5000)))
+    sandbox.configure(API, outage_until=time.time() + 4)
+    settings = uxr_settings(
+        kafka_bootstrap,
+        sandbox_url,
+        topic,
+        batch={"max_records": 100, "max_bytes": "16KiB", "max_buffered_bytes": "64KiB"},
+    )
+    with ConnectorThread(settings) as connector:
+        m = connector.app.sinks[0].m
+        peak_paused = peak_bytes = 0.0
+        while time.time() < sandbox_outage_end(sandbox):
+            peak_paused = max(peak_paused, m.value("partitions_paused"))
+            peak_bytes = max(peak_bytes, connector.app.sinks[0].backpressure.bytes)
+            time.sleep(0.05)
+        connector.wait_drained(kafka_bootstrap, [topic], timeout=120)
+    assert peak_paused == 2
+    # One consume() call (at most 500 records) may land on top of the bound before the pause.
+    assert peak_bytes <= 64 * 1024 + 500 * 200
+    assert len(sandbox.accepted(API)) == 5000
+    assert m.value("retries_total", reason="503") > 0
+    assert m.value("partitions_paused") == 0
+
+
+def sandbox_outage_end(sandbox: SandboxClient) -> float:
+    return float(sandbox.configure(API)["outage_until"])
