@@ -85,13 +85,13 @@ def run_demo(records: int = 20_000) -> int:
         with ConnectorThread(settings) as connector:
             connector.wait_drained(bootstrap, [topic], timeout=300)
             elapsed = time.monotonic() - started
-            _summary(connector, control, len(mixed), n_good, bad, elapsed)
+            ok = _summary(connector, control, len(mixed), n_good, bad, elapsed)
     finally:
         sandbox.stop()
         if broker is not None:
             broker.stop()
     print("demo finished; everything it started is stopped")
-    return 0
+    return 0 if ok else 1
 
 
 def _config(bootstrap: str, sandbox_url: str, topic: str, dlq: str, run: str) -> dict[str, Any]:
@@ -123,7 +123,7 @@ def _summary(
     n_good: int,
     bad: list[tuple[str, Event]],
     elapsed: float,
-) -> None:
+) -> bool:
     m = connector.app.sinks[0].m
     delivered = int(m.value("records_delivered_total"))
     reasons = sorted({r for r, _ in bad})
@@ -146,3 +146,4 @@ def _summary(
     print(f"records/s           {produced / elapsed:,.0f}  ({elapsed:.1f} s until everything was settled)")
     ok = delivered == n_good == accepted and dead == expected
     print("result              " + ("OK: every record delivered or dead-lettered once" if ok else "MISMATCH"))
+    return ok

@@ -13,19 +13,37 @@ class Record:
     The original message is kept whole so a dead letter carries its exact key, value, headers and timestamp.
     """
 
-    __slots__ = ("epoch", "key", "message", "offset", "partition", "payload", "size", "topic")
+    __slots__ = ("epoch", "message", "offset", "partition", "payload", "size", "topic")
 
-    def __init__(self, message: Message, epoch: int) -> None:
+    def __init__(
+        self, message: Message, topic: str, partition: int, offset: int, epoch: int, size: int
+    ) -> None:
+        # The caller has already read these from the message once; C calls are not free per record.
         self.message = message
-        # Consumed messages always carry these; the stubs allow None for produced ones.
-        self.topic: str = message.topic()  # type: ignore[assignment]
-        self.partition: int = message.partition()  # type: ignore[assignment]
-        self.offset: int = message.offset()  # type: ignore[assignment]
-        self.key: bytes | None = message.key()
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
         self.epoch = epoch
-        value = message.value()
-        self.size = len(value) if value is not None else 0
+        self.size = size
         self.payload: dict[str, Any] = {}
+
+    @classmethod
+    def of(cls, message: Message, epoch: int = 1) -> Record:
+        """A record from a message, reading every field from it (tests and tools)."""
+        value = message.value()
+        return cls(
+            message,
+            message.topic() or "",
+            message.partition() or 0,
+            message.offset() or 0,
+            epoch,
+            len(value) if value is not None else 0,
+        )
+
+    @property
+    def key(self) -> bytes | None:
+        k: bytes | None = self.message.key()
+        return k
 
     @property
     def value(self) -> bytes | None:

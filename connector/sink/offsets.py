@@ -45,6 +45,10 @@ class OffsetTracker:
         self._parts[tp] = state
         return state.epoch
 
+    def state(self, tp: TopicPartition) -> PartitionOffsets | None:
+        """The partition's bookkeeping, for the consume loop to track records without a lookup each."""
+        return self._parts.get(tp)
+
     def epoch(self, tp: TopicPartition) -> int:
         """The partition's current epoch (0 when it is not assigned)."""
         state = self._parts.get(tp)

@@ -142,36 +142,34 @@ class SinkPipeline:
             raise self.fatal
 
     def _ingest(self, messages: list[Message], now: float) -> None:
-        offsets, lanes, nlanes = self.offsets, self.lanes, len(self.lanes)
+        """The per-record hot path: track, decode, validate, batch. Failures go to the dead-letter topic."""
+        state_of, lanes, nlanes = self.offsets.state, self.lanes, len(self.lanes)
         decode, validate, check = self.decoder.decode, self.validate, self.destination.check
         max_bytes = self.max_bytes
         consumed: dict[str, int] = {}
         accepted = accepted_bytes = 0
         for message in messages:
-            error = message.error()
-            if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("%s: consumer error: %s", self.name, error)
-                    if error.fatal():
-                        self.fatal = KafkaException(error)
+            if message.error() is not None:
+                self._consumer_error(message)
                 continue
-            tp = (message.topic(), message.partition())
-            epoch = offsets.epoch(tp)  # type: ignore[arg-type]
-            if epoch == 0:
+            topic: str = message.topic()  # type: ignore[assignment]
+            partition: int = message.partition()  # type: ignore[assignment]
+            state = state_of((topic, partition))
+            if state is None:
                 continue  # a message of a partition revoked since it was fetched
-            record = Record(message, epoch)
-            offsets.track(tp, record.offset)  # type: ignore[arg-type]
-            consumed[record.topic] = consumed.get(record.topic, 0) + 1
-            value = record.value
+            offset: int = message.offset()  # type: ignore[assignment]
+            state.pending.append(offset)  # holds the commit point back until settled
+            value = message.value()
+            size = len(value) if value is not None else 0
+            record = Record(message, topic, partition, offset, state.epoch, size)
+            consumed[topic] = consumed.get(topic, 0) + 1
             if value is None:
                 self._dead_letter(record, Failure("decode_error", "the record has no value (tombstone)"))
                 continue
-            if record.size > max_bytes:
+            if size > max_bytes:
                 self._dead_letter(
                     record,
-                    Failure(
-                        "record_too_large", f"{record.size} bytes is above batch.max_bytes ({max_bytes})"
-                    ),
+                    Failure("record_too_large", f"{size} bytes is above batch.max_bytes ({max_bytes})"),
                 )
                 continue
             try:
@@ -184,15 +182,22 @@ class SinkPipeline:
                 self._dead_letter(record, Failure("invalid_record", problem))
                 continue
             record.payload = payload
-            key = record.key
-            lane = lanes[(hash(key) if key is not None else record.partition) % nlanes]
-            for closed in lane.batcher.add(record, record.size, now):
+            key = message.key()
+            lane = lanes[(hash(key) if key is not None else partition) % nlanes]
+            for closed in lane.batcher.add(record, size, now):
                 lane.ready.append(closed)
             accepted += 1
-            accepted_bytes += record.size
+            accepted_bytes += size
         self.backpressure.add(accepted, accepted_bytes)
         for topic, n in consumed.items():
             self.m.consumed(topic, n)
+
+    def _consumer_error(self, message: Message) -> None:
+        error = message.error()
+        if error is not None and error.code() != KafkaError._PARTITION_EOF:
+            log.warning("%s: consumer error: %s", self.name, error)
+            if error.fatal():
+                self.fatal = KafkaException(error)
 
     def _close_due(self, now: float) -> None:
         for lane in self.lanes:

@@ -20,7 +20,7 @@ def record(payload: dict[str, Any], offset: int = 0, partition: int = 0, topic: 
         value=value,
         timestamp=(1, 1_700_000_000_000),
     )
-    r = Record(message, epoch=1)
+    r = Record.of(message)
     r.payload = payload
     return r
 
