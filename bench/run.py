@@ -27,6 +27,7 @@ from connector.sandbox.kafka_broker import broker_from_env, create_topic
 from connector.sandbox.server import SandboxProcess
 
 RECORDS = int(os.environ.get("BENCH_RECORDS", "200000"))
+RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 PARTITIONS = 4
 SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "rally_uxr_activity.avsc"
 
@@ -101,6 +102,10 @@ def end_to_end(bootstrap: str, sandbox_url: str, topic: str, fmt: str, n: int) -
     return {"records_per_s": n / elapsed, "seconds": elapsed, "requests": requests, "dead_lettered": dead}
 
 
+def _fmt(values: list[float]) -> str:
+    return ", ".join(f"{v:,.0f}" for v in values)
+
+
 def main() -> None:
     bootstrap, broker = broker_from_env()
     sandbox = SandboxProcess()
@@ -119,22 +124,33 @@ def main() -> None:
             create_topic(bootstrap, topic, PARTITIONS)
             print(f"[{fmt}] producing {RECORDS} records to {topic} ...", flush=True)
             produce(bootstrap, topic, events(uxr_activity(i) for i in range(RECORDS)))
-            a = ceiling(bootstrap, topic, fmt, RECORDS)
-            print(f"[{fmt}] (a) ceiling, consume + decode:   {a:>10,.0f} records/s", flush=True)
-            control.reset()
-            b = end_to_end(bootstrap, sandbox.url, topic, fmt, RECORDS)
-            accepted = control.stats("rally_uxr.activities")["accepted"]
+            # Best of several runs: a shared 2-core machine makes single runs swing widely.
+            ceilings = [ceiling(bootstrap, topic, fmt, RECORDS) for _ in range(RUNS)]
+            a = max(ceilings)
+            print(f"[{fmt}] (a) ceiling, consume + decode:   {a:>10,.0f} records/s  (runs: {_fmt(ceilings)})")
+            runs = []
+            for _ in range(RUNS):
+                control.reset()
+                runs.append(end_to_end(bootstrap, sandbox.url, topic, fmt, RECORDS))
+                accepted = control.stats("rally_uxr.activities")["accepted"]
+                if accepted != RECORDS:
+                    raise AssertionError(f"the sandbox accepted {accepted} of {RECORDS}")
+            b = max(runs, key=lambda r: r["records_per_s"])
+            print(f"[{fmt}] (b) runs: {_fmt([r['records_per_s'] for r in runs])}", flush=True)
             print(
                 f"[{fmt}] (b) connector end to end:       {b['records_per_s']:>10,.0f} records/s", flush=True
             )
             print(f"[{fmt}] ratio (b)/(a):                  {b['records_per_s'] / a:>10.2f}", flush=True)
-            print(f"[{fmt}] requests {b['requests']:.0f}, sandbox accepted {accepted}", flush=True)
+            print(
+                f"[{fmt}] requests per run {b['requests']:.0f}; every run delivered all {RECORDS}", flush=True
+            )
             results[fmt] = {
                 "ceiling_records_per_s": round(a),
                 "end_to_end_records_per_s": round(b["records_per_s"]),
                 "ratio": round(b["records_per_s"] / a, 3),
                 "requests": b["requests"],
-                "sandbox_accepted": accepted,
+                "ceiling_runs": [round(x) for x in ceilings],
+                "end_to_end_runs": [round(r["records_per_s"]) for r in runs],
             }
     finally:
         sandbox.stop()
