@@ -1,16 +1,104 @@
-"""Request headers for each configured auth type. Secrets are revealed only into the header values."""
+"""Credentials on requests, for each configured auth type. Secrets are revealed only into header values.
+
+Static credentials (bearer, api_key, header) are default headers of the sink's HTTP client. OAuth2 client
+credentials is an httpx auth flow: the token is cached, refreshed shortly before it expires, and fetched
+anew once when the API answers 401 (the token may have been revoked early).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+
+import httpx
+
 from connector.config import AuthSettings
-from connector.errors import ConfigError
+from connector.errors import ConfigError, DestinationAuthError
 
 
-def auth_headers(auth: AuthSettings) -> dict[str, str]:
+class TokenEndpointError(httpx.TransportError):
+    """The token endpoint failed in a way worth retrying (5xx, no answer): the request is retried."""
+
+
+class OAuth2ClientCredentials(httpx.Auth):
+    def __init__(self, token_url: str, client_id: str, client_secret: str, scope: str = "") -> None:
+        self._url = token_url
+        self._form = {
+            "grant_type": "client_credentials",
+            "client_id": client_id,
+            "client_secret": client_secret,
+        }
+        if scope:
+            self._form["scope"] = scope
+        self._client = httpx.AsyncClient(timeout=30)
+        self._lock = asyncio.Lock()
+        self._token: str | None = None
+        self._refresh_at = 0.0
+        self.fetched = 0  # tokens fetched so far
+
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        token = await self._get()
+        request.headers["Authorization"] = f"Bearer {token}"
+        response = yield request
+        if response.status_code == 401:
+            request.headers["Authorization"] = f"Bearer {await self._get(stale=token)}"
+            yield request
+
+    async def _get(self, stale: str | None = None) -> str:
+        async with self._lock:
+            token = self._token
+            if (
+                token is not None
+                and token != stale
+                and (stale is not None or time.monotonic() < self._refresh_at)
+            ):
+                return token
+            try:
+                answer = await self._client.post(self._url, data=self._form)
+            except httpx.HTTPError as exc:
+                raise TokenEndpointError(f"token endpoint unreachable ({type(exc).__name__})") from None
+            if answer.status_code >= 500 or answer.status_code == 429:
+                raise TokenEndpointError(f"token endpoint answered HTTP {answer.status_code}")
+            if answer.status_code != 200:
+                raise DestinationAuthError(
+                    f"the token endpoint refused our client credentials (HTTP {answer.status_code})"
+                )
+            try:
+                data = answer.json()
+                token = str(data["access_token"])
+                lifetime = float(data.get("expires_in", 3600))
+            except (ValueError, KeyError, TypeError):
+                raise TokenEndpointError("token endpoint answered without an access_token") from None
+            self._token = token
+            # Refresh before expiry: a tenth of the lifetime early, at most a minute.
+            self._refresh_at = time.monotonic() + lifetime - min(60.0, lifetime / 10)
+            self.fetched += 1
+            return token
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+@dataclass
+class Credentials:
+    headers: dict[str, str] = field(default_factory=dict)
+    auth: OAuth2ClientCredentials | None = None
+    secrets: list[str] = field(default_factory=list)  # values to scrub from anything we log or dead-letter
+
+
+def credentials(auth: AuthSettings) -> Credentials:
     if auth.type == "none":
-        return {}
+        return Credentials()
     if auth.type == "bearer" and auth.token is not None:
-        return {"Authorization": f"Bearer {auth.token.reveal()}"}
+        return Credentials(
+            headers={"Authorization": f"Bearer {auth.token.reveal()}"}, secrets=[auth.token.reveal()]
+        )
     if auth.type in ("api_key", "header") and auth.value is not None:
-        return {auth.header: auth.value.reveal()}
-    raise ConfigError("destination.auth.type", f"{auth.type} is not available for sinks in this version")
+        return Credentials(headers={auth.header: auth.value.reveal()}, secrets=[auth.value.reveal()])
+    if auth.type == "oauth2_client_credentials" and auth.client_secret is not None:
+        secret = auth.client_secret.reveal()
+        flow = OAuth2ClientCredentials(auth.token_url, auth.client_id, secret, auth.scope)
+        return Credentials(auth=flow, secrets=[secret])
+    raise ConfigError("destination.auth", f"incomplete settings for auth type {auth.type}")

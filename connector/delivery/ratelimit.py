@@ -1,76 +1,143 @@
-"""Holding a destination's requests back: Retry-After, X-RateLimit-* and an optional static ceiling.
+"""Holding a destination's requests back: Retry-After, X-RateLimit-* pacing and a static ceiling.
 
-One RateLimiter per sink gates every request to its destination. A 429 (or a spent budget) holds all of
-them, not just the one that was refused. The time during which requests wait here is counted as stall
-time, and `rate_limit_stalled` is 1 while any request waits.
+One RateLimiter per sink gates every request to its destination:
+- a 429 holds *all* requests until `Retry-After` (or `X-RateLimit-Reset`) has passed;
+- every answer carrying `X-RateLimit-Limit/Remaining/Reset` tells what budget is left in the window; the
+  requests started after the answered one are not in the server's count yet, so they are taken off it,
+  and what remains is spread evenly over the rest of the window. The budget is used, not burnt in 429s;
+- an optional static ceiling (`rate_limit.requests_per_second`).
+
+Time spent waiting here is stall time: `rate_limit_stall_seconds_total` counts the time during which at
+least one request waited, and `rate_limit_stalled` is 1 meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from connector.delivery.retry import retry_after
 from connector.metrics import SinkMetrics
 
+Clock = Callable[[], float]
+
+
+class Budget:
+    """What the API said of its window, turned into the earliest time the next request may start. Pure."""
+
+    def __init__(self) -> None:
+        self.remaining: int | None = None  # requests we may still start in this window (our estimate)
+        self.reset_at = 0.0  # monotonic time the window ends
+        self.next_start = 0.0  # monotonic time pacing allows the next request
+
+    def earliest(self, now: float) -> float:
+        if self.remaining is None:
+            return now
+        if now >= self.reset_at:
+            self.remaining = None  # a new window: unknown until the next answer tells
+            return now
+        if self.remaining <= 0:
+            return self.reset_at
+        return max(now, self.next_start)
+
+    def started(self, now: float) -> None:
+        if self.remaining is not None and now < self.reset_at:
+            self.remaining -= 1
+            self.next_start = now + (self.reset_at - now) / (max(self.remaining, 0) + 1)
+
+    def learn(self, remaining: int, reset_in: float, started_since: int, now: float) -> None:
+        """An answer said `remaining` requests are left and the window resets in `reset_in` seconds.
+
+        `started_since` requests were started after the answered one, so the server has not counted them.
+        """
+        reset_at = now + max(0.0, reset_in)
+        estimate = remaining - started_since
+        if self.remaining is None or reset_at > self.reset_at + 0.5:
+            self.remaining = estimate  # a new window
+        else:
+            self.remaining = min(self.remaining, estimate)  # answers can arrive out of order
+        self.reset_at = reset_at
+        if self.remaining > 0:
+            self.next_start = now + (reset_at - now) / (self.remaining + 1)
+
 
 class RateLimiter:
-    def __init__(self, metrics: SinkMetrics, requests_per_second: float | None = None) -> None:
+    def __init__(
+        self,
+        metrics: SinkMetrics,
+        requests_per_second: float | None = None,
+        clock: Clock = time.monotonic,
+        wall: Clock = time.time,
+    ) -> None:
         self._m = metrics
+        self._clock = clock
+        self._wall = wall
         self._interval = 1.0 / requests_per_second if requests_per_second else 0.0
-        self._next_slot = 0.0  # monotonic time of the next request the static ceiling allows
+        self._next_static = 0.0
         self.hold_until = 0.0  # monotonic time before which no request may start
+        self.budget = Budget()
+        self.started = 0  # requests started so far; a request's number tells what started after it
         self._waiting = 0
         self._stalled_since = 0.0
 
+    def held(self) -> bool:
+        """Whether requests are being held back right now (the pipeline pauses its partitions then)."""
+        return self._waiting > 0 or self._clock() < self.hold_until
+
     def hold(self, seconds: float) -> None:
         """Hold every request of this destination for `seconds` from now."""
-        self.hold_until = max(self.hold_until, time.monotonic() + seconds)
+        self.hold_until = max(self.hold_until, self._clock() + seconds)
 
-    def observe(self, status: int, headers: Mapping[str, str]) -> float | None:
-        """Learn from an answer's headers; returns the wait a 429 asked for."""
-        wait = None
+    def _earliest(self, now: float) -> float:
+        return max(self.hold_until, self._next_static, self.budget.earliest(now))
+
+    async def acquire(self) -> int:
+        """Wait until a request may start; returns the request's number for `observe`."""
+        now = self._clock()
+        if self._earliest(now) > now:
+            self._waiting += 1
+            if self._waiting == 1:
+                self._stalled_since = now
+                self._m.stalled.set(1)
+            try:
+                # The hold can move while we sleep (another 429), so re-check rather than wait on an event.
+                while (start := self._earliest(now)) > now:
+                    await asyncio.sleep(start - now)
+                    now = self._clock()
+            finally:
+                self._waiting -= 1
+                if self._waiting == 0:
+                    self._m.stall_seconds.inc(self._clock() - self._stalled_since)
+                    self._m.stalled.set(0)
+        self._next_static = now + self._interval
+        self.budget.started(now)
+        self.started += 1
+        return self.started
+
+    def observe(self, status: int, headers: Mapping[str, str], number: int) -> None:
+        """Learn from an answer to request `number`."""
+        now = self._clock()
+        remaining = _int(headers.get("x-ratelimit-remaining"))
+        reset_in = self._reset_in(headers)
+        if remaining is not None and reset_in is not None:
+            self.budget.learn(remaining, reset_in, self.started - number, now)
         if status == 429:
             wait = retry_after(headers.get("retry-after"))
             if wait is None:
-                wait = self._until_reset(headers)
+                wait = reset_in
             # A 429 with no hint at all: hold briefly rather than hammer.
             self.hold(1.0 if wait is None else wait)
-        elif headers.get("x-ratelimit-remaining") == "0":
-            reset = self._until_reset(headers)
-            if reset is not None:
-                self.hold(reset)
-        return wait
 
-    @staticmethod
-    def _until_reset(headers: Mapping[str, str]) -> float | None:
-        reset = headers.get("x-ratelimit-reset")
-        if reset is None:
-            return None
-        try:
-            return max(0.0, float(reset) - time.time())
-        except ValueError:
-            return None
+    def _reset_in(self, headers: Mapping[str, str]) -> float | None:
+        reset = _int(headers.get("x-ratelimit-reset"))
+        return None if reset is None else max(0.0, reset - self._wall())
 
-    async def acquire(self) -> None:
-        """Wait until a request may start."""
-        now = time.monotonic()
-        start = max(self.hold_until, self._next_slot)
-        if start <= now:
-            self._next_slot = now + self._interval
-            return
-        self._waiting += 1
-        if self._waiting == 1:
-            self._stalled_since = now
-            self._m.stalled.set(1)
-        try:
-            # hold_until can move while we sleep (another 429), so re-check rather than wait on an event.
-            while (start := max(self.hold_until, self._next_slot)) > (now := time.monotonic()):  # noqa: ASYNC110
-                await asyncio.sleep(start - now)
-            self._next_slot = max(now, self._next_slot) + self._interval
-        finally:
-            self._waiting -= 1
-            if self._waiting == 0:
-                self._m.stall_seconds.inc(time.monotonic() - self._stalled_since)
-                self._m.stalled.set(0)
+
+def _int(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(float(value))
+    except ValueError:
+        return None

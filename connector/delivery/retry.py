@@ -1,47 +1,47 @@
-"""The typed retry decision shared by every destination, and backoff with full jitter.
+"""The typed retry decision for an answer, and backoff with full jitter. Pure.
 
-Statuses every API shares are decided here: 2xx goes to the destination's reader, 401/403 stop the sink,
-408/425/429/500/502/503/504 and transport errors are retried, any other answer goes to the destination's
-refusal reader (400 usually means: split the batch).
+Statuses every API shares are decided here: 401/403 stop the sink; 408/425/429/500/502/503/504, timeouts
+and connection errors are retried; a 2xx is read by the destination into per-record outcomes, and any
+other status by the destination's refusal reader (a 400 usually means: split the batch).
 """
 
 from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
-from typing import Literal
+
+from connector.destinations.base import Decision, Destination, Request, RetryAfter, Stop
+from connector.records import Record
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-FATAL_STATUSES = frozenset({401, 403})
+STOP_STATUSES = frozenset({401, 403})
+# Answers that say the API is overloaded: adaptive concurrency shrinks on them.
+OVERLOAD_STATUSES = frozenset({429, 503})
 
 
-@dataclass(frozen=True, slots=True)
-class Retry:
-    """Send the same records again, not before `after` seconds when the API said so."""
-
-    reason: str  # the `reason` label of retries_total: a status code, `timeout` or `connection`
-    after: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Fatal:
-    message: str
-
-
-Route = Literal["read_success", "read_refusal"]
-
-
-def classify_status(status: int) -> Route | Retry | Fatal:
-    """What a status code means before the body is read."""
+def decide(
+    destination: Destination,
+    request: Request,
+    batch: Sequence[Record],
+    status: int | None,
+    body: bytes,
+    headers: Mapping[str, str] | None,
+    no_answer: str = "connection",
+) -> Decision:
+    """The decision for one answer. `status` None means no answer; `no_answer` then says why."""
+    if status is None:
+        return RetryAfter(no_answer)
     if 200 <= status < 300:
-        return "read_success"
+        return destination.read_success(status, body, request, batch)
     if status in RETRY_STATUSES:
-        return Retry(str(status))
-    if status in FATAL_STATUSES:
-        return Fatal(f"the destination refused our credentials (HTTP {status})")
-    return "read_refusal"
+        return RetryAfter(
+            str(status), retry_after(headers.get("retry-after") if headers is not None else None)
+        )
+    if status in STOP_STATUSES:
+        return Stop(f"the destination refused our credentials (HTTP {status})")
+    return destination.read_refusal(status, body, request, batch)
 
 
 def retry_after(value: str | None, now: float | None = None) -> float | None:

@@ -1,9 +1,13 @@
-"""The send stack every destination shares: rate limit → concurrency → timeout → retry, per batch.
+"""The send stack every destination shares: rate limit → concurrency → retry → timeout, per batch.
 
 `DeliveryService.deliver` takes a batch and returns which records were delivered and which failed (with
 the reason their dead letter will carry). It raises DestinationAuthError when the API refuses our
 credentials, and FatalError when retries run out under `on_error: fail`; in both cases nothing of the
 batch is settled, so nothing past it is committed.
+
+While the API is failing, requests back off exponentially; one of them (the prober) retries at least every
+PROBE_INTERVAL seconds without using up attempts, and the first success wakes every waiting request, so
+delivery resumes within moments of the API's return whatever the backoff had grown to.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from dataclasses import dataclass, field
 import httpx
 
 from connector.config import DeliverySettings
+from connector.delivery.concurrency import ConcurrencyLimiter
 from connector.delivery.ratelimit import RateLimiter
-from connector.delivery.retry import Backoff, Fatal, Retry, classify_status, retry_after
-from connector.destinations.base import Accepted, Destination, Refused, Request, Split, Unreadable
+from connector.delivery.retry import OVERLOAD_STATUSES, Backoff, decide
+from connector.destinations.base import Destination, GiveUp, Request, RetryAfter, Split, Stop, Success
 from connector.errors import DestinationAuthError, FatalError
 from connector.metrics import SinkMetrics
 from connector.records import Record
@@ -27,6 +32,7 @@ from connector.records import Record
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1024  # bytes of an answer kept in a dead letter
+PROBE_INTERVAL = 1.0  # seconds between the prober's retries while the API is failing
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +64,7 @@ class _Answer:
     status: int | None  # None: no answer (timeout, connection error)
     body: bytes
     headers: httpx.Headers | None
+    why: str = ""  # for no answer: `timeout` or `connection`
 
 
 class DeliveryService:
@@ -78,64 +85,78 @@ class DeliveryService:
         self._fail_on_error = fail_on_error
         self._secrets = [s for s in secrets if s]
         self.rate_limiter = RateLimiter(metrics, settings.requests_per_second)
-        self._concurrency = asyncio.Semaphore(settings.concurrency)
+        self.concurrency = ConcurrencyLimiter(settings.concurrency, metrics)
         self._backoff = Backoff(settings.retry.initial_backoff, settings.retry.max_backoff)
-        metrics.concurrency_limit.set(settings.concurrency)
+        self._recovered = asyncio.Event()  # replaced on every success; waiters hold the old one
+        self._prober: object | None = None
 
     async def deliver(self, batch: Sequence[Record]) -> BatchResult:
         """Send a batch until every record is delivered or failed."""
-        attempts = 0
-        while True:
-            attempts += 1
-            request = self.destination.build(batch)
-            answer = await self._send(request, len(batch))
-            retry: Retry | None = None
-            if answer.status is None:
-                retry = Retry("timeout" if answer.body == b"timeout" else "connection")
-            else:
-                route = classify_status(answer.status)
-                if isinstance(route, Fatal):
+        me = object()
+        attempts = 0  # answers other than 429 (being rate-limited is not a failure of the records)
+        retry_at = 0.0
+        probing = False
+        try:
+            while True:
+                request = self.destination.build(batch)
+                answer = await self._send(request, len(batch))
+                decision = decide(
+                    self.destination, request, batch, answer.status, answer.body, answer.headers, answer.why
+                )
+                if not probing and answer.status != 429:
+                    attempts += 1
+                if isinstance(decision, Success):
+                    self._recovered.set()
+                    self._recovered = asyncio.Event()
+                    return self._succeeded(batch, decision, answer, attempts)
+                if isinstance(decision, Split):
                     self._m.batch("failed")
-                    raise DestinationAuthError(f"{self.destination.type}: {route.message}")
-                if isinstance(route, Retry):
-                    retry = route
-                else:
-                    reader = (
-                        self.destination.read_success
-                        if route == "read_success"
-                        else self.destination.read_refusal
-                    )
-                    reading = reader(answer.status, answer.body, request, batch)
-                    if isinstance(reading, Accepted):
-                        return self._accepted(batch, reading, answer, attempts)
-                    if isinstance(reading, Unreadable):
-                        log.warning("%s: %s; retrying the batch", self.destination.type, reading.message)
-                        retry = Retry("unreadable_answer")
-                    elif isinstance(reading, Split):
-                        self._m.batch("failed")
-                        return await self._split(batch)
-                    elif isinstance(reading, Refused):
-                        self._m.batch("failed")
-                        failure = self._failure("rejected", reading.message, answer, attempts)
-                        return BatchResult(failed=[(r, failure) for r in batch])
-            # Retry: rate limits are not failures of the records, so 429s do not use up attempts.
-            self._m.batch("retried")
-            self._m.retry(retry.reason)
-            wait = None
-            if answer.status is not None and answer.headers is not None:
-                self.rate_limiter.observe(answer.status, answer.headers)
-                wait = retry_after(answer.headers.get("retry-after"))
-            if answer.status == 429:
-                attempts -= 1
-                continue  # the rate limiter now holds every request until the API's wait is over
-            if attempts >= self._settings.retry.max_attempts:
-                message = f"gave up after {attempts} attempts (last: {retry.reason})"
-                if self._fail_on_error:
-                    raise FatalError(f"{self.destination.type}: {message}")
-                self._m.batch("failed")
-                failure = self._failure("retries_exhausted", message, answer, attempts)
-                return BatchResult(failed=[(r, failure) for r in batch])
-            await asyncio.sleep(self._backoff.delay(attempts, wait))
+                    return await self._split(batch)
+                if isinstance(decision, GiveUp):
+                    self._m.batch("failed")
+                    failure = self._failure("rejected", decision.message, answer, attempts)
+                    return BatchResult(failed=[(r, failure) for r in batch])
+                if isinstance(decision, Stop):
+                    self._m.batch("failed")
+                    raise DestinationAuthError(f"{self.destination.type}: {decision.message}")
+                self._m.batch("retried")
+                self._m.retry(decision.reason)
+                if answer.status == 429:
+                    probing = False
+                    continue  # the rate limiter now holds every request until the API's wait is over
+                if not probing:
+                    if attempts >= self._settings.retry.max_attempts:
+                        return self._exhausted(batch, decision, answer, attempts)
+                    retry_at = time.monotonic() + self._backoff.delay(attempts, decision.after)
+                probing = await self._wait(retry_at, me)
+        finally:
+            if self._prober is me:
+                self._prober = None
+
+    async def _wait(self, retry_at: float, me: object) -> bool:
+        """Sleep until `retry_at`; True when leaving early to probe (an attempt that is not counted)."""
+        recovered = self._recovered
+        while (now := time.monotonic()) < retry_at:
+            if self._prober is None:
+                self._prober = me
+            nap = min(retry_at - now, PROBE_INTERVAL) if self._prober is me else retry_at - now
+            try:
+                await asyncio.wait_for(recovered.wait(), nap)
+                return False  # another request got through: the API is back, retry now
+            except TimeoutError:
+                if self._prober is me and time.monotonic() < retry_at:
+                    return True
+        return False
+
+    def _exhausted(
+        self, batch: Sequence[Record], decision: RetryAfter, answer: _Answer, attempts: int
+    ) -> BatchResult:
+        message = f"gave up after {attempts} attempts (last: {decision.reason})"
+        if self._fail_on_error:
+            raise FatalError(f"{self.destination.type}: {message}")
+        self._m.batch("failed")
+        failure = self._failure("retries_exhausted", message, answer, attempts)
+        return BatchResult(failed=[(r, failure) for r in batch])
 
     async def _split(self, batch: Sequence[Record]) -> BatchResult:
         # Halves go one after the other so records with the same key keep their order.
@@ -144,68 +165,68 @@ class DeliveryService:
         result.extend(await self.deliver(batch[middle:]))
         return result
 
-    def _accepted(
-        self, batch: Sequence[Record], reading: Accepted, answer: _Answer, attempts: int
+    def _succeeded(
+        self, batch: Sequence[Record], decision: Success, answer: _Answer, attempts: int
     ) -> BatchResult:
         result = BatchResult()
-        rejected = reading.rejected
+        rejected = decision.rejected
         if rejected:
             self._m.batch("partial")
             for i, record in enumerate(batch):
                 if i in rejected:
-                    failure = self._failure("rejected", rejected[i], answer, attempts, reading.import_id)
+                    failure = self._failure("rejected", rejected[i], answer, attempts, decision.import_id)
                     result.failed.append((record, failure))
                 else:
                     result.delivered.append(record)
         else:
             self._m.batch("success")
             result.delivered = list(batch)
-        if answer.headers is not None:
-            self.rate_limiter.observe(answer.status or 0, answer.headers)
         if result.delivered:
             self._m.delivered.inc(len(result.delivered))
             self._m.delivery_latency.observe(max(0.0, time.time() - batch[0].timestamp_ms / 1000))
         return result
 
     async def _send(self, request: Request, records: int) -> _Answer:
-        await self.rate_limiter.acquire()
-        async with self._concurrency:
-            self._m.inflight.inc()
-            self._m.batch_records.observe(records)
-            self._m.batch_bytes.observe(len(request.content))
-            started = time.monotonic()
-            try:
-                response = await self._client.request(
-                    request.method,
-                    request.path,
-                    content=request.content,
-                    headers={"Content-Type": request.content_type},
-                )
-            except httpx.TimeoutException:
-                self._m.http("error")
-                return _Answer(None, b"timeout", None)
-            except httpx.TransportError as exc:
-                self._m.http("error")
-                log.warning("%s: no answer (%s)", self.destination.type, type(exc).__name__)
-                return _Answer(None, b"connection", None)
-            finally:
-                self._m.inflight.dec()
-                self._m.request_duration.observe(time.monotonic() - started)
-        status = response.status_code
-        self._m.http(str(status))
-        if status == 429:
-            self._m.rate_limited.inc()
-        return _Answer(status, response.content, response.headers)
+        number = await self.rate_limiter.acquire()
+        saturated = await self.concurrency.acquire()
+        self._m.batch_records.observe(records)
+        self._m.batch_bytes.observe(len(request.content))
+        started = time.monotonic()
+        answer: _Answer
+        try:
+            response = await self._client.request(
+                request.method,
+                request.path,
+                content=request.content,
+                headers={"Content-Type": request.content_type},
+            )
+            answer = _Answer(response.status_code, response.content, response.headers)
+        except httpx.TimeoutException:
+            answer = _Answer(None, b"", None, "timeout")
+        except httpx.TransportError as exc:
+            log.warning("%s: no answer (%s)", self.destination.type, type(exc).__name__)
+            answer = _Answer(None, b"", None, "connection")
+        rtt = time.monotonic() - started
+        self.concurrency.release(rtt, answer.status is None or answer.status in OVERLOAD_STATUSES, saturated)
+        self._m.request_duration.observe(rtt)
+        if answer.status is None:
+            self._m.http("error")
+        else:
+            self._m.http(str(answer.status))
+            if answer.status == 429:
+                self._m.rate_limited.inc()
+            if answer.headers is not None:
+                self.rate_limiter.observe(answer.status, answer.headers, number)
+        return answer
 
     def _failure(
         self, reason: str, message: str, answer: _Answer, attempts: int, import_id: str | None = None
     ) -> Failure:
-        body = answer.body if answer.status is not None else b""
         return Failure(
             reason=reason,
             message=self._redact(message),
             http_status=answer.status,
-            http_body=self._redact(body[:MAX_BODY].decode("utf-8", "replace")).encode(),
+            http_body=self._redact(answer.body[:MAX_BODY].decode("utf-8", "replace")).encode(),
             attempts=attempts,
             import_id=import_id,
         )
@@ -216,11 +237,14 @@ class DeliveryService:
         return text
 
 
-def make_client(base_url: str, headers: dict[str, str], settings: DeliverySettings) -> httpx.AsyncClient:
+def make_client(
+    base_url: str, headers: dict[str, str], settings: DeliverySettings, auth: httpx.Auth | None = None
+) -> httpx.AsyncClient:
     """One keep-alive connection pool per sink, sized to its concurrency."""
     return httpx.AsyncClient(
         base_url=base_url,
         headers={"User-Agent": "activity-connector", **headers},
+        auth=auth,
         timeout=httpx.Timeout(settings.timeout),
         limits=httpx.Limits(
             max_connections=settings.concurrency, max_keepalive_connections=settings.concurrency

@@ -26,18 +26,19 @@ class Request:
 
 
 @dataclass(frozen=True, slots=True)
-class Accepted:
-    """A 2xx answer: everything was taken except `rejected` (batch index → the API's message)."""
+class Success:
+    """The API took the batch, except `rejected` (batch index → the API's message): a partial success."""
 
     rejected: Mapping[int, str] = field(default_factory=dict)
     import_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class Unreadable:
-    """A 2xx answer of a shape we do not know: never counted as delivered, retried instead."""
+class RetryAfter:
+    """Send the same records again, not before `after` seconds when the API said so."""
 
-    message: str
+    reason: str  # the `reason` label of retries_total: a status code, `timeout`, `connection`, ...
+    after: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,13 +49,23 @@ class Split:
 
 
 @dataclass(frozen=True, slots=True)
-class Refused:
+class GiveUp:
     """The request was refused whole and resending cannot help: every record is dead-lettered."""
 
     message: str
 
 
-Reading = Accepted | Unreadable | Split | Refused
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Nothing can be delivered (the API refuses our credentials): stop the sink, commit nothing past it."""
+
+    message: str
+
+
+# What a destination makes of an answer it reads.
+Reading = Success | RetryAfter | Split | GiveUp
+# The send stack's typed retry decision for one answer (or for no answer at all).
+Decision = Success | RetryAfter | Split | GiveUp | Stop
 
 
 class Destination(Protocol):
@@ -73,7 +84,7 @@ class Destination(Protocol):
         ...
 
     def read_success(self, status: int, body: bytes, request: Request, batch: Sequence[Record]) -> Reading:
-        """Per-record outcomes of a 2xx answer."""
+        """Per-record outcomes of a 2xx answer; an answer of an unknown shape is RetryAfter, never Success."""
         ...
 
     def read_refusal(self, status: int, body: bytes, request: Request, batch: Sequence[Record]) -> Reading:

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from connector.destinations.base import Accepted, Reading, Refused, Request, Split, Unreadable
+from connector.destinations.base import GiveUp, Reading, Request, RetryAfter, Split, Success
 from connector.errors import ConfigError
 from connector.records import Record
 
@@ -30,6 +30,11 @@ def _error_summary(body: bytes) -> str:
         return "; ".join(f"{e.get('message')} at {e.get('path')}" for e in errors[:5]) or body[:200].decode()
     except (orjson.JSONDecodeError, AttributeError, TypeError):
         return body[:200].decode("utf-8", "replace")
+
+
+def unreadable(message: str) -> RetryAfter:
+    log.warning("rally_uxr: %s; retrying the batch", message)
+    return RetryAfter("unreadable_answer")
 
 
 class RallyUxrActivities:
@@ -82,7 +87,7 @@ class RallyUxrActivities:
             for error in errors:
                 path, message = error["path"], str(error["message"])
                 if len(path) < 2 or path[0] != "peopleActivities":
-                    return Unreadable(f"error path {path!r} does not name a person")
+                    return unreadable(f"error path {path!r} does not name a person")
                 indices = people[path[1]]
                 if len(path) >= 4 and path[2] == "activities":
                     rejected[indices[path[3]]] = message
@@ -90,17 +95,17 @@ class RallyUxrActivities:
                     for i in indices:
                         rejected[i] = message
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
-            return Unreadable(f"unexpected 2xx answer ({type(exc).__name__}: {exc})")
+            return unreadable(f"unexpected 2xx answer ({type(exc).__name__}: {exc})")
         log.info(
             "rally_uxr import %s accepted %d of %d activities",
             import_id,
             len(batch) - len(rejected),
             len(batch),
         )
-        return Accepted(rejected=rejected, import_id=str(import_id))
+        return Success(rejected=rejected, import_id=str(import_id))
 
     def read_refusal(self, status: int, body: bytes, request: Request, batch: Sequence[Record]) -> Reading:
         message = _error_summary(body)
         if status == 400 and len(batch) > 1:
             return Split(message)
-        return Refused(message)
+        return GiveUp(message)

@@ -30,6 +30,26 @@ class SandboxClient:
         result: list[dict[str, Any]] = self._ok(self._http.get(f"/_sandbox/{api}/accepted"))
         return result
 
+    def timeline(self, api: str) -> list[tuple[float, int]]:
+        """(epoch seconds, records accepted) for every request whose records were accepted."""
+        return [(float(t), int(n)) for t, n in self._ok(self._http.get(f"/_sandbox/{api}/timeline"))]
+
+    def refuse_connections(self, seconds: float) -> None:
+        """Stop listening for `seconds`: clients get their connections refused meanwhile."""
+        self._ok(self._http.post("/_sandbox/refuse_connections", params={"seconds": seconds}))
+
+    def oauth(self, **settings: Any) -> dict[str, Any]:
+        """Configure the token endpoint: client_id, client_secret, expires_in."""
+        result: dict[str, Any] = self._ok(self._http.post("/_sandbox/oauth/config", json=settings))
+        return result
+
+    def oauth_revoke(self) -> None:
+        self._ok(self._http.post("/_sandbox/oauth/revoke"))
+
+    def oauth_stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._ok(self._http.get("/_sandbox/oauth/stats"))
+        return result
+
     def stats(self, api: str) -> dict[str, Any]:
         result: dict[str, Any] = self._ok(self._http.get(f"/_sandbox/{api}/stats"))
         return result

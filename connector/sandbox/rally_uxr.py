@@ -54,11 +54,12 @@ class RallyUxrSimulator(Simulator):
         app.router.add_get(self.prefix + "/imports/{import_id}", self.get_import)
 
     async def import_activities(self, request: web.Request) -> web.Response:
+        raw = await request.read()  # as a real server, read the request before working on it
         refusal, headers = await self.gate(request)
         if refusal is not None:
             return refusal
         try:
-            body = orjson.loads(await request.read())
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             return self.answer(
                 400, {"errors": [{"message": "Body is not valid JSON", "path": []}]}, headers=headers
@@ -86,6 +87,7 @@ class RallyUxrSimulator(Simulator):
                     continue
                 self.accepted.append({"personId": person_id, **activity, "importId": import_id})
                 accepted += 1
+        self.accepted_now(accepted)
         self.imports[import_id] = {
             "importId": import_id,
             "type": "ACTIVITIES",

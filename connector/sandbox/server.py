@@ -1,20 +1,26 @@
 """The sandbox: every API simulator on one port, plus control endpoints for tests, the demo and the bench.
 
-Control endpoints (no auth): `GET /_sandbox/health`, `POST /_sandbox/reset`, and per API
-(`rally_uxr.activities`, ...): `POST /_sandbox/{api}/config`, `GET /_sandbox/{api}/accepted`,
-`GET /_sandbox/{api}/stats`. In tests and the benchmark it runs as its own process (`SandboxProcess`) so
+Control endpoints (no auth): `GET /_sandbox/health`, `POST /_sandbox/reset`,
+`POST /_sandbox/refuse_connections?seconds=N` (stop listening for N seconds: clients get ECONNREFUSED),
+`POST /_sandbox/oauth/token` (client credentials; configured with `POST /_sandbox/oauth/config`
+{client_id, client_secret, expires_in}), `POST /_sandbox/oauth/revoke`, `GET /_sandbox/oauth/stats`, and
+per API (`rally_uxr.activities`, ...): `POST /_sandbox/{api}/config`, `GET /_sandbox/{api}/accepted`,
+`GET /_sandbox/{api}/stats`, `GET /_sandbox/{api}/timeline` ([epoch seconds, records] per accepted
+request). In tests and the benchmark it runs as its own process (`SandboxProcess`) so
 it never competes with the connector for the interpreter.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -22,7 +28,10 @@ import orjson
 from aiohttp import web
 
 from connector.sandbox.rally_uxr import RallyUxrSimulator
-from connector.sandbox.simulator import Simulator
+from connector.sandbox.simulator import ISSUER, Simulator
+
+# Filled by run_sandbox once it listens: how to stop listening for a while.
+REFUSE: web.AppKey[dict[str, Callable[[float], Awaitable[None]]]] = web.AppKey("refuse")
 
 
 def simulators() -> list[Simulator]:
@@ -31,6 +40,7 @@ def simulators() -> list[Simulator]:
 
 def build_app() -> web.Application:
     app = web.Application(client_max_size=200 * 1024 * 1024)
+    app[REFUSE] = {}
     sims = {s.name: s for s in simulators()}
     for sim in sims.values():
         sim.add_routes(app)
@@ -50,6 +60,7 @@ def build_app() -> web.Application:
     async def reset(_: web.Request) -> web.Response:
         for sim in sims.values():
             sim.reset()
+        ISSUER.reset()
         return json({"reset": True})
 
     async def configure(request: web.Request) -> web.Response:
@@ -66,18 +77,80 @@ def build_app() -> web.Application:
     async def stats(request: web.Request) -> web.Response:
         return json(find(request).stats())
 
+    async def timeline(request: web.Request) -> web.Response:
+        return json(find(request).timeline)
+
+    async def oauth_token(request: web.Request) -> web.Response:
+        form = await request.post()
+        if form.get("grant_type") != "client_credentials":
+            return json({"error": "unsupported_grant_type"}, 400)
+        issued = ISSUER.issue(str(form.get("client_id", "")), str(form.get("client_secret", "")))
+        return json(issued) if issued is not None else json({"error": "invalid_client"}, 401)
+
+    async def oauth_config(request: web.Request) -> web.Response:
+        changes = orjson.loads(await request.read())
+        for key in ("client_id", "client_secret", "expires_in"):
+            if key in changes:
+                setattr(ISSUER, key, changes[key])
+        return json({"client_id": ISSUER.client_id, "expires_in": ISSUER.expires_in})
+
+    async def oauth_revoke(_: web.Request) -> web.Response:
+        ISSUER.tokens.clear()
+        return json({"revoked": True})
+
+    async def oauth_stats(_: web.Request) -> web.Response:
+        return json({"issued": ISSUER.issued, "valid": sum(ISSUER.valid(t) for t in list(ISSUER.tokens))})
+
+    async def refuse_connections(request: web.Request) -> web.Response:
+        seconds = float(request.query.get("seconds", "1"))
+        refuse = app[REFUSE].get("refuse")
+        if refuse is None:
+            return json({"error": "only when served by run_sandbox"}, 400)
+        asyncio.get_running_loop().call_later(0.05, lambda: asyncio.ensure_future(refuse(seconds)))
+        return json({"refusing_for": seconds})
+
+    app.router.add_post("/_sandbox/oauth/token", oauth_token)
+    app.router.add_post("/_sandbox/oauth/config", oauth_config)
+    app.router.add_post("/_sandbox/oauth/revoke", oauth_revoke)
+    app.router.add_get("/_sandbox/oauth/stats", oauth_stats)
     app.router.add_get("/_sandbox/health", health)
     app.router.add_post("/_sandbox/reset", reset)
     app.router.add_post("/_sandbox/{api}/config", configure)
     app.router.add_get("/_sandbox/{api}/accepted", accepted)
     app.router.add_get("/_sandbox/{api}/stats", stats)
+    app.router.add_get("/_sandbox/{api}/timeline", timeline)
+    app.router.add_post("/_sandbox/refuse_connections", refuse_connections)
     return app
 
 
 def run_sandbox(host: str, port: int) -> None:
     """Serve until interrupted (the `activity-connector sandbox` command)."""
-    print(f"sandbox listening on http://{host}:{port}", flush=True)
-    web.run_app(build_app(), host=host, port=port, access_log=None, print=None)
+
+    async def serve() -> None:
+        app = build_app()
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+
+        async def refuse(seconds: float) -> None:
+            # Stop listening, so new connections are refused (ECONNREFUSED), then listen again.
+            nonlocal site
+            await site.stop()
+            await asyncio.sleep(seconds)
+            site = web.TCPSite(runner, host, port, reuse_address=True)
+            await site.start()
+
+        app[REFUSE]["refuse"] = refuse
+        print(f"sandbox listening on http://{host}:{port}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    asyncio.run(serve())
 
 
 def _free_port() -> int:

@@ -6,8 +6,14 @@ Settings (changed through `POST /_sandbox/{api}/config`, merged into the current
   `X-RateLimit-Limit/Remaining/Reset` and, past the limit, 429 with `Retry-After`;
   `{mode: retry_after_only, ...}` the same window but 429s carry only `Retry-After`;
   `{mode: no_headers, ...}` 429s with no hint at all.
-- `latency_ms`: added to every answer; `fail_rate`: share of requests answered 500; `outage_until`: epoch
-  seconds until which every request gets 503; `seed`: for reproducible fault injection.
+- `burst_429`: `{every_seconds, duration_seconds}`: for the first `duration_seconds` of every
+  `every_seconds`, every request gets 429 with `Retry-After`.
+- `latency_ms`: added to every answer; `fail_rate`: share of requests answered with one of
+  `fail_statuses` (default [500]); `timeout_rate`: share of requests answered only after
+  `timeout_seconds` (the request is still processed, as a real API would: a client that gave up will send
+  a duplicate); `reset_rate`: share of connections reset before an answer; `outage_until`: epoch seconds
+  until which every request gets 503; `seed`: for reproducible fault injection.
+- OAuth2: besides `token`, any unexpired token issued by `POST /_sandbox/oauth/token` is accepted.
 """
 
 from __future__ import annotations
@@ -25,11 +31,44 @@ DEFAULTS: dict[str, Any] = {
     "token": "sandbox-token",
     "forbidden_tokens": ["forbidden-token"],
     "rate_limit": {"mode": "none"},
+    "burst_429": None,
     "latency_ms": 0,
     "fail_rate": 0.0,
+    "fail_statuses": [500],
+    "timeout_rate": 0.0,
+    "timeout_seconds": 5.0,
+    "reset_rate": 0.0,
     "outage_until": 0,
     "seed": 1,
 }
+
+
+class TokenIssuer:
+    """OAuth2 client-credentials tokens for every simulator (`POST /_sandbox/oauth/token`)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.client_id = "sandbox-client"
+        self.client_secret = "sandbox-secret"
+        self.expires_in = 3600.0
+        self.tokens: dict[str, float] = {}  # token -> epoch seconds it expires
+        self.issued = 0
+
+    def issue(self, client_id: str, client_secret: str) -> dict[str, Any] | None:
+        if client_id != self.client_id or client_secret != self.client_secret:
+            return None
+        self.issued += 1
+        token = f"oauth-{self.issued}-{random.getrandbits(48):012x}"
+        self.tokens[token] = time.time() + self.expires_in
+        return {"access_token": token, "token_type": "bearer", "expires_in": self.expires_in}
+
+    def valid(self, token: str | None) -> bool:
+        return token is not None and self.tokens.get(token, 0.0) > time.time()
+
+
+ISSUER = TokenIssuer()
 
 
 class Simulator:
@@ -56,6 +95,8 @@ class Simulator:
         self.max_batch = 0
         self.window_start = 0.0
         self.window_count = 0
+        self.resets = 0
+        self.timeline: list[tuple[float, int]] = []  # (epoch seconds, records accepted) per accepted request
 
     def configure(self, changes: dict[str, Any]) -> None:
         unknown = set(changes) - set(DEFAULTS)
@@ -72,6 +113,7 @@ class Simulator:
             "refused": self.refused,
             "max_batch": self.max_batch,
             "rate_limited": self.statuses[429],
+            "resets": self.resets,
         }
 
     def answer(
@@ -97,11 +139,22 @@ class Simulator:
             await asyncio.sleep(s["latency_ms"] / 1000)
         if time.time() < s["outage_until"]:
             return self.answer(503, text="Service Unavailable", headers={"Retry-After": "1"}), {}
+        if s["reset_rate"] and self.rng.random() < s["reset_rate"]:
+            if request.transport is not None:
+                request.transport.abort()  # the client sees the connection reset, no answer
+            self.resets += 1
+            return web.Response(status=500), {}  # never reaches the client
         token = self.credential(request)
         if token in s["forbidden_tokens"]:
             return self.answer(403, text="Forbidden"), {}
-        if token != s["token"]:
+        if token != s["token"] and not ISSUER.valid(token):
             return self.answer(401, text="Unauthorized"), {}
+        burst = s["burst_429"]
+        if burst:
+            phase = time.time() % float(burst["every_seconds"])
+            if phase < float(burst["duration_seconds"]):
+                wait = str(max(1, math.ceil(float(burst["duration_seconds"]) - phase)))
+                return self.answer(429, text="Too Many Requests", headers={"Retry-After": wait}), {}
         headers: dict[str, str] = {}
         limit = s["rate_limit"]
         if limit.get("mode", "none") != "none":
@@ -109,8 +162,15 @@ class Simulator:
             if refusal is not None:
                 return refusal, {}
         if s["fail_rate"] and self.rng.random() < s["fail_rate"]:
-            return self.answer(500, text="Internal Server Error", headers=headers), {}
+            status = self.rng.choice(s["fail_statuses"])
+            return self.answer(status, text="Injected failure", headers=headers), {}
+        if s["timeout_rate"] and self.rng.random() < s["timeout_rate"]:
+            await asyncio.sleep(float(s["timeout_seconds"]))
         return None, headers
+
+    def accepted_now(self, count: int) -> None:
+        """Note a request whose records were accepted, for tests that time recoveries."""
+        self.timeline.append((time.time(), count))
 
     def _rate_limit(self, limit: dict[str, Any], headers: dict[str, str]) -> web.Response | None:
         now = time.time()

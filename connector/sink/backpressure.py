@@ -1,16 +1,19 @@
-"""Pause/resume bookkeeping: how many bytes a sink holds, and whether its partitions should be paused.
+"""Pause/resume bookkeeping: how much a sink holds, and whether its partitions should be paused. Pure.
 
 Pausing rather than blocking keeps the consumer polled, so the group sees it alive and no rebalance
-happens while a destination is slow or down. Resuming at half the bound avoids flapping.
+happens while a destination is slow, limited or down. Partitions pause when the buffer reaches its byte
+bound, or while the destination holds requests back (429, spent budget) once every lane has a batch
+waiting: reading further would only fill memory. They resume at half the bound, when no longer held.
 """
 
 from __future__ import annotations
 
 
 class Backpressure:
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, enough_records: int) -> None:
         self.max_bytes = max_bytes
         self.resume_below = max_bytes // 2
+        self.enough_records = enough_records  # one full batch per lane
         self.bytes = 0
         self.records = 0
         self.paused = False
@@ -23,8 +26,17 @@ class Backpressure:
         self.records -= records
         self.bytes -= nbytes
 
-    def should_pause(self) -> bool:
-        return not self.paused and self.bytes >= self.max_bytes
-
-    def should_resume(self) -> bool:
-        return self.paused and self.bytes <= self.resume_below
+    def update(self, held: bool) -> bool | None:
+        """True: pause now; False: resume now; None: no change."""
+        stocked = held and self.records >= self.enough_records
+        if not self.paused and (self.bytes >= self.max_bytes or stocked):
+            self.paused = True
+            return True
+        if (
+            self.paused
+            and self.bytes <= self.resume_below
+            and not (held and self.records >= self.enough_records // 2)
+        ):
+            self.paused = False
+            return False
+        return None

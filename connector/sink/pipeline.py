@@ -24,7 +24,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from connector.codec import DecodeError, compile_validator, load_schema, make_decoder
 from connector.config import SinkSettings
 from connector.deadletter import DeadLetterWriter
-from connector.delivery.auth import auth_headers
+from connector.delivery.auth import credentials
 from connector.delivery.service import BatchResult, DeliveryService, Failure, make_client
 from connector.destinations import for_sink
 from connector.errors import DeadLetterError, FatalError
@@ -75,7 +75,7 @@ class SinkPipeline:
             Lane(Batcher(max_records, b.max_bytes, b.max_wait)) for _ in range(settings.delivery.concurrency)
         ]
         self.offsets = OffsetTracker()
-        self.backpressure = Backpressure(b.max_buffered_bytes)
+        self.backpressure = Backpressure(b.max_buffered_bytes, max_records * len(self.lanes))
 
         config = consumer_config(kafka, settings.group_id, settings.consumer)
         config.update(
@@ -94,15 +94,16 @@ class SinkPipeline:
             self._on_dead_lettered,
         )
         dest = settings.destination
-        headers = auth_headers(dest.auth)
-        self.client = make_client(dest.url, headers, settings.delivery)
+        creds = credentials(dest.auth)
+        self.client = make_client(dest.url, creds.headers, settings.delivery, creds.auth)
+        self._auth = creds.auth
         self.service = DeliveryService(
             self.destination,
             self.client,
             settings.delivery,
             self.m,
             fail_on_error=settings.on_error == "fail",
-            secrets=list(headers.values()),
+            secrets=creds.secrets,
         )
         self.fatal: BaseException | None = None
         self.assigned = False
@@ -321,19 +322,23 @@ class SinkPipeline:
 
     def _apply_backpressure(self) -> None:
         bp = self.backpressure
-        if bp.should_pause():
-            bp.paused = True
-            log.info("%s: buffer full (%d bytes): pausing partitions", self.name, bp.bytes)
-        elif bp.should_resume():
-            bp.paused = False
+        change = bp.update(self.service.rate_limiter.held())
+        if change is True:
+            log.info(
+                "%s: pausing partitions (%d bytes buffered, held back: %s)",
+                self.name,
+                bp.bytes,
+                self.service.rate_limiter.held(),
+            )
+        elif change is False:
             if self._paused:
                 self.consumer.resume([TopicPartition(t, p) for t, p in self._paused])
                 self._paused.clear()
             self.m.paused.set(0)
-            return
+            log.info("%s: resuming partitions", self.name)
         if bp.paused:
-            assigned = set(self.offsets.partitions())
-            newly = assigned - self._paused
+            # Also pause partitions assigned while paused.
+            newly = set(self.offsets.partitions()) - self._paused
             if newly:
                 self.consumer.pause([TopicPartition(t, p) for t, p in newly])
                 self._paused |= newly
@@ -373,4 +378,6 @@ class SinkPipeline:
         except (KafkaException, RuntimeError) as exc:
             log.warning("%s: closing the consumer: %s", self.name, exc)
         await self.client.aclose()
+        if self._auth is not None:
+            await self._auth.aclose()
         log.info("%s: stopped", self.name)

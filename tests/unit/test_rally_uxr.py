@@ -1,7 +1,7 @@
 import orjson
 
 from connector.codec import compile_validator, load_schema
-from connector.destinations.base import Accepted, Refused, Split, Unreadable
+from connector.destinations.base import GiveUp, RetryAfter, Split, Success
 from connector.destinations.rally_uxr import RallyUxrActivities
 from tests.unit.helpers import activity, record
 
@@ -56,7 +56,7 @@ def test_202_errors_map_back_to_batch_positions() -> None:
         }
     )
     reading = DEST.read_success(202, body, request, batch)
-    assert reading == Accepted(
+    assert reading == Success(
         rejected={2: "Participant not found", 3: "Person not found", 4: "Person not found"}, import_id="imp-1"
     )
 
@@ -65,7 +65,7 @@ def test_unknown_answer_shapes_are_never_delivered() -> None:
     batch = [record(activity("a"))]
     request = DEST.build(batch)
     for body in (b"not json", b"{}", b'{"importId": "x", "errors": [{"message": "m", "path": ["other"]}]}'):
-        assert isinstance(DEST.read_success(202, body, request, batch), Unreadable)
+        assert DEST.read_success(202, body, request, batch) == RetryAfter("unreadable_answer")
 
 
 def test_400_splits_until_one_record_then_refuses() -> None:
@@ -75,8 +75,8 @@ def test_400_splits_until_one_record_then_refuses() -> None:
         "bad person at ['peopleActivities', 0]"
     )
     one = two[:1]
-    assert isinstance(DEST.read_refusal(400, body, DEST.build(one), one), Refused)
-    assert isinstance(DEST.read_refusal(404, b"nope", DEST.build(two), two), Refused)
+    assert isinstance(DEST.read_refusal(400, body, DEST.build(one), one), GiveUp)
+    assert isinstance(DEST.read_refusal(404, b"nope", DEST.build(two), two), GiveUp)
 
 
 def test_validation_schema_and_zone_rule() -> None:

@@ -2,18 +2,38 @@ import random
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
-from connector.delivery.retry import Backoff, Fatal, Retry, classify_status, retry_after
+import orjson
+
+from connector.delivery.retry import Backoff, decide, retry_after
+from connector.destinations.base import GiveUp, RetryAfter, Split, Stop, Success
+from connector.destinations.rally_uxr import RallyUxrActivities
+from tests.unit.helpers import activity, record
+
+DEST = RallyUxrActivities({})
+BATCH = [record(activity("a"), 0), record(activity("b"), 1)]
+REQUEST = DEST.build(BATCH)
 
 
-def test_status_routes() -> None:
-    assert classify_status(200) == "read_success"
-    assert classify_status(202) == "read_success"
-    for s in (408, 425, 429, 500, 502, 503, 504):
-        assert classify_status(s) == Retry(str(s))
-    assert isinstance(classify_status(401), Fatal)
-    assert isinstance(classify_status(403), Fatal)
-    for s in (400, 404, 409, 413, 422, 501):
-        assert classify_status(s) == "read_refusal"
+def _decide(
+    status: int | None, body: bytes = b"", headers: dict[str, str] | None = None, why: str = "timeout"
+) -> object:
+    return decide(DEST, REQUEST, BATCH, status, body, headers, why)
+
+
+def test_typed_decisions_for_each_kind_of_answer() -> None:
+    assert _decide(202, orjson.dumps({"importId": "i"})) == Success(rejected={}, import_id="i")
+    assert _decide(
+        202, orjson.dumps({"importId": "i", "errors": [{"message": "m", "path": ["peopleActivities", 1]}]})
+    ) == (Success(rejected={1: "m"}, import_id="i"))
+    assert _decide(None, why="timeout") == RetryAfter("timeout")
+    assert _decide(None, why="connection") == RetryAfter("connection")
+    for status in (408, 425, 500, 502, 504):
+        assert _decide(status) == RetryAfter(str(status))
+    assert _decide(429, headers={"retry-after": "7"}) == RetryAfter("429", 7.0)
+    assert _decide(503, headers={"retry-after": "2"}) == RetryAfter("503", 2.0)
+    assert isinstance(_decide(401), Stop) and isinstance(_decide(403), Stop)
+    assert isinstance(_decide(400, orjson.dumps({"errors": []})), Split)
+    assert isinstance(_decide(404, b"not here"), GiveUp) and isinstance(_decide(422, b"no"), GiveUp)
 
 
 def test_retry_after_seconds_and_http_date() -> None:

@@ -1,0 +1,91 @@
+"""Rate-limit budget pacing and AIMD concurrency: pure arithmetic, driven by a fake clock."""
+
+import asyncio
+import itertools
+
+from connector.delivery.concurrency import Aimd
+from connector.delivery.ratelimit import Budget, RateLimiter
+from connector.metrics import Metrics
+
+
+def test_budget_unknown_until_an_answer_tells() -> None:
+    b = Budget()
+    assert b.earliest(5.0) == 5.0
+    b.started(5.0)
+    assert b.remaining is None
+
+
+def test_budget_spreads_the_remaining_requests_over_the_window() -> None:
+    b = Budget()
+    b.learn(remaining=9, reset_in=10.0, started_since=0, now=0.0)
+    starts = []
+    now = 0.0
+    while (t := b.earliest(now)) < 10.0:
+        now = t
+        b.started(now)
+        starts.append(round(now, 3))
+    assert len(starts) == 9  # the whole budget is used ...
+    assert starts[-1] < 10.0  # ... inside the window
+    gaps = [b2 - a for a, b2 in itertools.pairwise(starts)]
+    assert max(gaps) - min(gaps) < 0.5  # evenly, not in a burst
+    assert b.earliest(now) == 10.0  # spent: wait for the reset
+
+
+def test_budget_takes_requests_in_flight_off_the_servers_count() -> None:
+    b = Budget()
+    b.learn(remaining=3, reset_in=10.0, started_since=3, now=0.0)  # three started after the answered one
+    assert b.remaining == 0 and b.earliest(1.0) == 10.0
+    b.learn(remaining=5, reset_in=20.0, started_since=0, now=10.5)  # a new window
+    assert b.remaining == 5
+
+
+def test_out_of_order_answers_keep_the_lower_estimate() -> None:
+    b = Budget()
+    b.learn(remaining=2, reset_in=10.0, started_since=0, now=0.0)
+    b.learn(remaining=6, reset_in=10.0, started_since=0, now=0.1)  # an older answer arriving late
+    assert b.remaining == 2
+
+
+def test_aimd_grows_when_saturated_and_halves_on_overload_once_per_round_trip() -> None:
+    a = Aimd(maximum=8, initial=1)
+    for i in range(10):
+        a.on_answer(0.1, overloaded=False, saturated=True, now=i)
+    assert a.limit == 8  # never above the configured concurrency
+    a.on_answer(0.1, overloaded=True, saturated=True, now=20.0)
+    assert a.limit == 4
+    a.on_answer(0.1, overloaded=True, saturated=True, now=20.01)  # same burst: no second cut
+    assert a.limit == 4
+    a.on_answer(0.1, overloaded=True, saturated=True, now=21.0)
+    assert a.limit == 2
+
+
+def test_aimd_shrinks_on_rising_latency_and_does_not_grow_unsaturated() -> None:
+    a = Aimd(maximum=8, initial=4)
+    for i in range(5):
+        a.on_answer(0.1, overloaded=False, saturated=False, now=i)
+    assert a.limit == 4
+    a.on_answer(1.0, overloaded=False, saturated=True, now=10.0)
+    assert a.limit == 2
+    for _ in range(100):
+        a.on_answer(0.1, overloaded=True, saturated=True, now=100.0 + _)
+    assert a.limit == 1  # never below one
+
+
+def test_429_holds_all_requests_and_stall_time_is_counted() -> None:
+    metrics = Metrics()
+    sink = metrics.sink("s")
+    limiter = RateLimiter(sink)
+
+    async def go() -> float:
+        first = await limiter.acquire()
+        limiter.observe(429, {"retry-after": "0.3"}, first)
+        assert limiter.held()
+        started = asyncio.get_running_loop().time()
+        await asyncio.gather(limiter.acquire(), limiter.acquire(), limiter.acquire())
+        return asyncio.get_running_loop().time() - started
+
+    waited = asyncio.run(go())
+    assert 0.28 <= waited < 0.6
+    stalled = sink.value("rate_limit_stall_seconds_total")
+    assert 0.28 <= stalled <= waited + 0.01  # three waiting requests count once, not three times
+    assert sink.value("rate_limit_stalled") == 0
