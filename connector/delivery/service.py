@@ -5,9 +5,11 @@ the reason their dead letter will carry). It raises DestinationAuthError when th
 credentials, and FatalError when retries run out under `on_error: fail`; in both cases nothing of the
 batch is settled, so nothing past it is committed.
 
-While the API is failing, requests back off exponentially; one of them (the prober) retries at least every
-PROBE_INTERVAL seconds without using up attempts, and the first success wakes every waiting request, so
-delivery resumes within moments of the API's return whatever the backoff had grown to.
+A failed request backs off exponentially with full jitter. When OUTAGE_AFTER requests in a row have failed
+the API is taken as down: one request (the prober) retries at least every PROBE_INTERVAL seconds, its early
+retries not using up attempts; the others wait without sending (no wasted requests, no attempts burnt);
+and the first success wakes them all, so delivery resumes within moments of the API's return, whatever
+the backoff had grown to.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from connector.records import Record
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1024  # bytes of an answer kept in a dead letter
-PROBE_INTERVAL = 1.0  # seconds between the prober's retries while the API is failing
+PROBE_INTERVAL = 1.0  # seconds between the prober's retries while the API is down
+OUTAGE_AFTER = 3  # failed requests in a row (across all lanes) that mean the API is down
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +90,8 @@ class DeliveryService:
         self.rate_limiter = RateLimiter(metrics, settings.requests_per_second)
         self.concurrency = ConcurrencyLimiter(settings.concurrency, metrics)
         self._backoff = Backoff(settings.retry.initial_backoff, settings.retry.max_backoff)
-        self._recovered = asyncio.Event()  # replaced on every success; waiters hold the old one
+        self._failures_in_a_row = 0
+        self._recovered = asyncio.Event()  # set when the API answers again after an outage, then replaced
         self._prober: object | None = None
 
     async def deliver(self, batch: Sequence[Record]) -> BatchResult:
@@ -105,9 +109,9 @@ class DeliveryService:
                 )
                 if not probing and answer.status != 429:
                     attempts += 1
+                if not isinstance(decision, RetryAfter) or answer.status == 429:
+                    self._api_answered()
                 if isinstance(decision, Success):
-                    self._recovered.set()
-                    self._recovered = asyncio.Event()
                     return self._succeeded(batch, decision, answer, attempts)
                 if isinstance(decision, Split):
                     self._m.batch("failed")
@@ -121,6 +125,7 @@ class DeliveryService:
                     raise DestinationAuthError(f"{self.destination.type}: {decision.message}")
                 self._m.batch("retried")
                 self._m.retry(decision.reason)
+                self._failures_in_a_row += 1
                 if answer.status == 429:
                     probing = False
                     continue  # the rate limiter now holds every request until the API's wait is over
@@ -133,20 +138,38 @@ class DeliveryService:
             if self._prober is me:
                 self._prober = None
 
+    def _api_answered(self) -> None:
+        """The API gave a real answer: an outage, if there was one, is over."""
+        if self._failures_in_a_row >= OUTAGE_AFTER:
+            log.info("%s: the destination answers again", self.destination.type)
+            self._recovered.set()
+            self._recovered = asyncio.Event()
+        self._failures_in_a_row = 0
+
     async def _wait(self, retry_at: float, me: object) -> bool:
-        """Sleep until `retry_at`; True when leaving early to probe (an attempt that is not counted)."""
+        """Wait before retrying; True when leaving early to probe (an attempt that is not counted)."""
         recovered = self._recovered
-        while (now := time.monotonic()) < retry_at:
-            if self._prober is None:
-                self._prober = me
-            nap = min(retry_at - now, PROBE_INTERVAL) if self._prober is me else retry_at - now
+        while True:
+            now = time.monotonic()
+            if self._failures_in_a_row < OUTAGE_AFTER:
+                if now >= retry_at:
+                    return False
+                nap = retry_at - now  # an isolated failure: plain backoff
+            else:
+                if self._prober is None:
+                    self._prober = me
+                if self._prober is me:
+                    if now >= retry_at:
+                        return False
+                    nap = min(retry_at - now, PROBE_INTERVAL)
+                else:
+                    nap = PROBE_INTERVAL  # the prober sends for us; look again in a while
             try:
                 await asyncio.wait_for(recovered.wait(), nap)
-                return False  # another request got through: the API is back, retry now
+                return False  # the API is back: retry now
             except TimeoutError:
                 if self._prober is me and time.monotonic() < retry_at:
                     return True
-        return False
 
     def _exhausted(
         self, batch: Sequence[Record], decision: RetryAfter, answer: _Answer, attempts: int

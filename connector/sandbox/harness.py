@@ -1,10 +1,19 @@
-"""Running a connector in a background thread until a topic is drained: for tests, the demo and the bench."""
+"""Running a connector, in a thread or as a child process, until a topic is drained (tests, demo, bench)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 from connector.app import App
 from connector.config import Settings
@@ -77,3 +86,52 @@ class ConnectorThread:
     def __exit__(self, *_: object) -> None:
         if self.running:
             self.stop()
+
+
+class ConnectorProcess:
+    """`activity-connector run` as a child process, for crash, memory and rebalance tests."""
+
+    def __init__(self, config: dict[str, Any], workdir: Path, env: dict[str, str] | None = None) -> None:
+        self.config_path = workdir / f"connector-{uuid.uuid4().hex[:6]}.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = self.config_path.with_suffix(".log")
+        self._env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ConnectorProcess:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "connector", "run", "-c", str(self.config_path)],
+            stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+            env=self._env,
+        )
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def rss_bytes(self) -> int:
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM, as Kubernetes would; returns the exit status."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+
+    def kill(self) -> None:
+        if self.alive():
+            assert self.process is not None
+            self.process.kill()
+            self.process.wait(10)

@@ -167,8 +167,7 @@ class KafkaBroker:
                 *java[1:],
                 "kafka.tools.StorageTool",
                 "format",
-                "-t",
-                cluster_id,
+                f"--cluster-id={cluster_id}",  # "=" form: a random id may start with "-"
                 "-c",
                 str(props),
                 "--ignore-formatted",
@@ -284,10 +283,19 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
 
 def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     """The group's committed offset per partition; -1 where it has committed nothing."""
-    consumer = _probe(bootstrap, group)
-    try:
-        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
-        committed = consumer.committed([TopicPartition(topic, p) for p in metadata.partitions], timeout=10)
-        return {tp.partition: tp.offset if tp.offset >= 0 else -1 for tp in committed}
-    finally:
-        consumer.close()
+    for attempt in range(20):
+        consumer = _probe(bootstrap, group)
+        try:
+            metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+            committed = consumer.committed(
+                [TopicPartition(topic, p) for p in metadata.partitions], timeout=10
+            )
+            return {tp.partition: tp.offset if tp.offset >= 0 else -1 for tp in committed}
+        except KafkaException as exc:
+            # A fresh broker answers NOT_COORDINATOR while its offsets topic loads: ask again.
+            if not exc.args[0].retriable() or attempt == 19:
+                raise
+            time.sleep(0.5)
+        finally:
+            consumer.close()
+    raise AssertionError("unreachable")

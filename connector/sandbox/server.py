@@ -28,7 +28,7 @@ import orjson
 from aiohttp import web
 
 from connector.sandbox.rally_uxr import RallyUxrSimulator
-from connector.sandbox.simulator import ISSUER, Simulator
+from connector.sandbox.simulator import ISSUER, REFUSING, Simulator
 
 # Filled by run_sandbox once it listens: how to stop listening for a while.
 REFUSE: web.AppKey[dict[str, Callable[[float], Awaitable[None]]]] = web.AppKey("refuse")
@@ -136,6 +136,7 @@ def run_sandbox(host: str, port: int) -> None:
         async def refuse(seconds: float) -> None:
             # Stop listening, so new connections are refused (ECONNREFUSED), then listen again.
             nonlocal site
+            REFUSING["until"] = time.time() + seconds
             await site.stop()
             await asyncio.sleep(seconds)
             site = web.TCPSite(runner, host, port, reuse_address=True)

@@ -69,6 +69,8 @@ class TokenIssuer:
 
 
 ISSUER = TokenIssuer()
+# While refusing connections, connections already open are reset too (a real outage drops them).
+REFUSING = {"until": 0.0}
 
 
 class Simulator:
@@ -139,7 +141,7 @@ class Simulator:
             await asyncio.sleep(s["latency_ms"] / 1000)
         if time.time() < s["outage_until"]:
             return self.answer(503, text="Service Unavailable", headers={"Retry-After": "1"}), {}
-        if s["reset_rate"] and self.rng.random() < s["reset_rate"]:
+        if time.time() < REFUSING["until"] or (s["reset_rate"] and self.rng.random() < s["reset_rate"]):
             if request.transport is not None:
                 request.transport.abort()  # the client sees the connection reset, no answer
             self.resets += 1

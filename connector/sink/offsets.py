@@ -83,6 +83,12 @@ class OffsetTracker:
                 result[tp] = state.committed = state.position
         return result
 
+    def commit_failed(self, tp: TopicPartition, offset: int) -> None:
+        """A commit of `offset` failed: hand the commit point out again on the next call."""
+        state = self._parts.get(tp)
+        if state is not None and state.committed == offset:
+            state.committed = -1
+
     def unsettled(self) -> int:
         return sum(len(s.pending) - len(s.done) for s in self._parts.values())
 

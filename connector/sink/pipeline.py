@@ -261,6 +261,8 @@ class SinkPipeline:
         except KafkaException as exc:
             self.m.commit("failed")
             log.warning("%s: commit failed: %s", self.name, exc)
+            for tp in offsets:
+                self.offsets.commit_failed((tp.topic, tp.partition), tp.offset)
 
     # --- librdkafka callbacks (run inside consume()/poll() on this thread) ------------------------------
 
@@ -303,7 +305,10 @@ class SinkPipeline:
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         self.m.commit("failed" if error is not None else "success")
         if error is not None:
+            # Typically ILLEGAL_GENERATION during a rebalance: commit these points again next time.
             log.warning("%s: commit failed: %s", self.name, error)
+            for tp in partitions:
+                self.offsets.commit_failed((tp.topic, tp.partition), tp.offset)
 
     def _on_stats(self, stats_json: str) -> None:
         stats = orjson.loads(stats_json)

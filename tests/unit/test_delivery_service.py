@@ -1,6 +1,7 @@
 """The shared send stack against scripted answers (httpx.MockTransport): split, retry, give up, stop."""
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import httpx
@@ -100,3 +101,37 @@ def test_partial_202_rejections_carry_message_and_import_id() -> None:
         "Person not found",
         "i1",
     )
+
+
+def test_outage_probes_once_a_second_without_burning_attempts_and_resumes_at_once() -> None:
+    """A 3 s outage, 4 batches in flight, max_attempts 3: no batch gives up, few requests are wasted."""
+    metrics = Metrics()
+    settings = DeliverySettings(
+        concurrency=4, timeout=5, retry=RetrySettings(max_attempts=3, initial_backoff=5.0, max_backoff=30.0)
+    )
+    outage_ends = 0.0
+    during: list[float] = []
+    after: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        now = time.monotonic()
+        if now < outage_ends:
+            during.append(now)
+            return httpx.Response(503)
+        after.append(now)
+        return _accepted()
+
+    async def go() -> list[BatchResult]:
+        nonlocal outage_ends
+        outage_ends = time.monotonic() + 3.0
+        async with httpx.AsyncClient(base_url="http://api", transport=httpx.MockTransport(handler)) as client:
+            service = DeliveryService(RallyUxrActivities({}), client, settings, metrics.sink("s"))
+            batches = [[record(activity(f"p{i}"), i)] for i in range(4)]
+            return await asyncio.gather(*(service.deliver(b) for b in batches))
+
+    results = asyncio.run(go())
+    assert all(len(r.delivered) == 1 and not r.failed for r in results)
+    # Each batch fails once at the start, then only the prober sends, about once a second.
+    assert 4 <= len(during) <= 4 + 4
+    assert after[0] - outage_ends < 1.2  # the prober notices the API's return within a probe interval
+    assert after[-1] - after[0] < 0.5  # and the waiting batches go at once, not after their backoff

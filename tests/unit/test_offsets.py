@@ -74,3 +74,16 @@ def test_random_settlement_order_never_passes_an_unsettled_record() -> None:
             assert all(x in settled for x in range(point))
             assert point == len(settled) or point not in settled
     assert t.unsettled() == 0
+
+
+def test_a_failed_commit_is_handed_out_again() -> None:
+    t = OffsetTracker()
+    e = t.assign(TP)
+    t.track(TP, 0)
+    t.settle(TP, e, 0)
+    assert t.to_commit() == {TP: 1}
+    assert t.to_commit() == {}
+    t.commit_failed(TP, 1)
+    assert t.to_commit() == {TP: 1}
+    t.commit_failed(TP, 0)  # an older point failing does not matter once a newer one is out
+    assert t.to_commit() == {}

@@ -1,0 +1,86 @@
+"""Measured scenarios shared by the tests (which assert on them) and `make bench` (which prints them)."""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from typing import Any
+
+from connector.config import parse_settings
+from connector.sandbox.control import SandboxClient
+from connector.sandbox.events import json_events, produce, uxr_activity
+from connector.sandbox.harness import ConnectorThread
+from connector.sandbox.kafka_broker import create_topic
+
+API = "rally_uxr.activities"
+
+
+def rate_limit_efficiency(
+    bootstrap: str,
+    sandbox_url: str,
+    seconds: float = 60.0,
+    limit: int = 10,
+    window: int = 5,
+    per_request: int = 50,
+) -> dict[str, Any]:
+    """Run against a fixed-window limit with X-RateLimit-* headers; how much of the budget was used?
+
+    Only whole windows after the connector's first answer count: before it, the budget is unknown.
+    """
+    control = SandboxClient(sandbox_url)
+    control.reset()
+    control.configure(API, rate_limit={"mode": "fixed_window", "limit": limit, "window_seconds": window})
+    topic = f"pacing.{uuid.uuid4().hex[:8]}"
+    create_topic(bootstrap, topic, 4)
+    # More than the budget can carry in the run, so demand never runs out.
+    needed = int((seconds / window + 2) * limit * per_request * 1.5)
+    produce(bootstrap, topic, json_events(uxr_activity(i) for i in range(needed)))
+    settings = parse_settings(
+        {
+            "kafka": {"bootstrap.servers": bootstrap},
+            "metrics": {"listen": "127.0.0.1:0"},
+            "sinks": [
+                {
+                    "name": "pacing",
+                    "topics": [topic],
+                    "destination": {
+                        "type": API,
+                        "url": f"{sandbox_url}/rally-uxr/api/public/v1",
+                        "auth": {"type": "bearer", "token": "sandbox-token"},
+                    },
+                    "batch": {"max_records": per_request, "max_wait": "50ms"},
+                    "delivery": {"concurrency": 4},
+                    "dead_letter": {"topic": f"{topic}.dlq"},
+                }
+            ],
+        },
+        env={},
+    )
+    with ConnectorThread(settings) as connector:
+        time.sleep(seconds)
+        m = connector.app.sinks[0].m
+        stall = m.value("rate_limit_stall_seconds_total")
+        stopped_at = time.time()
+        connector.stop()
+    stats = control.stats(API)
+    timeline = [t for t, _ in control.timeline(API)]
+    first = math.ceil(timeline[0] / window) * window
+    # Shutdown goes on sending what was buffered; count only windows of the run itself.
+    last = math.floor(min(timeline[-1], stopped_at) / window) * window
+    windows = max(0, int((last - first) / window))
+    used = sum(1 for t in timeline if first <= t < first + windows * window)
+    requests = sum(stats["requests"].values())  # over the whole run, shutdown included
+    return {
+        "seconds": seconds,
+        "limit_per_window": limit,
+        "window_seconds": window,
+        "whole_windows": windows,
+        "budget": limit * windows,
+        "used": used,
+        "efficiency": used / (limit * windows) if windows else 0.0,
+        "requests": requests,
+        "rate_limited": stats["rate_limited"],
+        "share_429": stats["rate_limited"] / requests if requests else 0.0,
+        "stall_seconds": stall,
+    }
