@@ -2,8 +2,10 @@
 
 (a) ceiling: consume + decode only, in one process, of the same topic;
 (b) end to end: the connector consuming, decoding, validating, batching, sending to the sandbox (a separate
-    process) and settling, for JSON and for Avro.
-Prints records/s for each and the ratio (b)/(a), and writes them to bench/results/.
+    process) and settling, for JSON and for Avro;
+and the rate-limit efficiency: the share of a fixed-window budget (X-RateLimit-* headers) used over 60 s,
+and the share of requests answered 429.
+Prints each figure and writes them to bench/results/.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from connector.sandbox.control import SandboxClient
 from connector.sandbox.events import avro_events, json_events, produce, uxr_activity
 from connector.sandbox.harness import ConnectorThread
 from connector.sandbox.kafka_broker import broker_from_env, create_topic
+from connector.sandbox.scenarios import rate_limit_efficiency
 from connector.sandbox.server import SandboxProcess
 
 RECORDS = int(os.environ.get("BENCH_RECORDS", "200000"))
@@ -152,6 +155,18 @@ def main() -> None:
                 "ceiling_runs": [round(x) for x in ceilings],
                 "end_to_end_runs": [round(r["records_per_s"]) for r in runs],
             }
+        seconds = float(os.environ.get("BENCH_PACING_SECONDS", "60"))
+        print(
+            f"[pacing] {seconds:.0f} s against a fixed window of 10 requests per 5 s with X-RateLimit-* ..."
+        )
+        pacing = rate_limit_efficiency(bootstrap, sandbox.url, seconds=seconds, limit=10, window=5)
+        print(
+            f"[pacing] rate-limit efficiency: {pacing['efficiency']:.1%} of the budget used "
+            f"({pacing['used']}/{pacing['budget']} requests in {pacing['whole_windows']} whole windows), "
+            f"429s: {pacing['rate_limited']} of {pacing['requests']} requests ({pacing['share_429']:.2%})",
+            flush=True,
+        )
+        results["rate_limit"] = pacing
     finally:
         sandbox.stop()
         if broker is not None:
