@@ -179,3 +179,12 @@ def compile_validator(schema: dict[str, Any]) -> Validator:
     if schema.get("type") != "record":
         raise ValueError("a destination schema must be an Avro record")
     return _record(schema, {})
+
+
+def validator_for(schema: str | Path | None) -> Validator:
+    """The validator of a shipped schema (by name), a schema file (by path), or one taking any object."""
+    if schema is None:
+        return lambda record: None
+    if isinstance(schema, Path):
+        return compile_validator(json.loads(schema.read_text()))
+    return compile_validator(load_schema(schema))

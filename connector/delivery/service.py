@@ -6,10 +6,10 @@ credentials, and FatalError when retries run out under `on_error: fail`; in both
 batch is settled, so nothing past it is committed.
 
 A failed request backs off exponentially with full jitter. When OUTAGE_AFTER requests in a row have failed
-the API is taken as down: one request (the prober) retries at least every PROBE_INTERVAL seconds, its early
-retries not using up attempts; the others wait without sending (no wasted requests, no attempts burnt);
-and the first success wakes them all, so delivery resumes within moments of the API's return, whatever
-the backoff had grown to.
+the API is taken as down: one request (the prober) retries every PROBE_INTERVAL seconds without using up
+attempts, the others wait without sending (no wasted requests, no attempts burnt), and the first success
+wakes them all, so delivery resumes within moments of the API's return, whatever the backoff had grown
+to. An outage is waited out, never dead-lettered.
 """
 
 from __future__ import annotations
@@ -25,8 +25,18 @@ import httpx
 from connector.config import DeliverySettings
 from connector.delivery.concurrency import ConcurrencyLimiter
 from connector.delivery.ratelimit import RateLimiter
-from connector.delivery.retry import OVERLOAD_STATUSES, Backoff, decide
-from connector.destinations.base import Destination, GiveUp, Request, RetryAfter, Split, Stop, Success
+from connector.delivery.retry import OVERLOAD_STATUSES, RETRY_STATUSES, STOP_STATUSES, Backoff, decide
+from connector.destinations.base import (
+    Destination,
+    Done,
+    FollowUp,
+    GiveUp,
+    Request,
+    RetryAfter,
+    Split,
+    Stop,
+    Success,
+)
 from connector.errors import DestinationAuthError, FatalError
 from connector.metrics import SinkMetrics
 from connector.records import Record
@@ -36,6 +46,7 @@ log = logging.getLogger(__name__)
 MAX_BODY = 1024  # bytes of an answer kept in a dead letter
 PROBE_INTERVAL = 1.0  # seconds between the prober's retries while the API is down
 OUTAGE_AFTER = 3  # failed requests in a row (across all lanes) that mean the API is down
+RECONCILE_TIMEOUT = 1800.0  # seconds an import may stay non-terminal before its records count as failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,13 +64,24 @@ class Failure:
 
 
 @dataclass(slots=True)
+class Tracked:
+    """Records the API accepted into an import that is still running; `status` asks where it stands."""
+
+    records: list[Record]
+    status: Request
+    import_id: str | None
+
+
+@dataclass(slots=True)
 class BatchResult:
     delivered: list[Record] = field(default_factory=list)
     failed: list[tuple[Record, Failure]] = field(default_factory=list)
+    tracked: list[Tracked] = field(default_factory=list)
 
     def extend(self, other: BatchResult) -> None:
         self.delivered.extend(other.delivered)
         self.failed.extend(other.failed)
+        self.tracked.extend(other.tracked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +124,13 @@ class DeliveryService:
         probing = False
         try:
             while True:
+                if not await self._setup():
+                    attempts += 0 if probing else 1
+                    if attempts >= self._settings.retry.max_attempts and not probing:
+                        return self._exhausted(batch, RetryAfter("setup"), _Answer(None, b"", None), attempts)
+                    retry_at = time.monotonic() + self._backoff.delay(max(attempts, 1))
+                    probing = await self._wait(retry_at, me)
+                    continue
                 request = self.destination.build(batch)
                 answer = await self._send(request, len(batch))
                 decision = decide(
@@ -112,7 +141,12 @@ class DeliveryService:
                 if not isinstance(decision, RetryAfter) or answer.status == 429:
                     self._api_answered()
                 if isinstance(decision, Success):
-                    return self._succeeded(batch, decision, answer, attempts)
+                    result = self._succeeded(batch, decision, request, answer, attempts)
+                    if decision.retry:
+                        # Items that failed for a passing reason go again alone; the rest is never resent.
+                        self._m.retry("partial")
+                        result.extend(await self.deliver([batch[i] for i in decision.retry]))
+                    return result
                 if isinstance(decision, Split):
                     self._m.batch("failed")
                     return await self._split(batch)
@@ -156,19 +190,17 @@ class DeliveryService:
                     return False
                 nap = retry_at - now  # an isolated failure: plain backoff
             else:
+                # The API is down: it is waited for, not given up on. Only the prober sends, and its
+                # probes never use up attempts; records are dead-lettered only when the API is up and
+                # keeps refusing them.
                 if self._prober is None:
                     self._prober = me
-                if self._prober is me:
-                    if now >= retry_at:
-                        return False
-                    nap = min(retry_at - now, PROBE_INTERVAL)
-                else:
-                    nap = PROBE_INTERVAL  # the prober sends for us; look again in a while
+                nap = PROBE_INTERVAL
             try:
                 await asyncio.wait_for(recovered.wait(), nap)
                 return False  # the API is back: retry now
             except TimeoutError:
-                if self._prober is me and time.monotonic() < retry_at:
+                if self._prober is me and self._failures_in_a_row >= OUTAGE_AFTER:
                     return True
 
     def _exhausted(
@@ -189,17 +221,17 @@ class DeliveryService:
         return result
 
     def _succeeded(
-        self, batch: Sequence[Record], decision: Success, answer: _Answer, attempts: int
+        self, batch: Sequence[Record], decision: Success, request: Request, answer: _Answer, attempts: int
     ) -> BatchResult:
         result = BatchResult()
-        rejected = decision.rejected
-        if rejected:
+        rejected, retry = decision.rejected, set(decision.retry)
+        if rejected or retry:
             self._m.batch("partial")
             for i, record in enumerate(batch):
                 if i in rejected:
                     failure = self._failure("rejected", rejected[i], answer, attempts, decision.import_id)
                     result.failed.append((record, failure))
-                else:
+                elif i not in retry:
                     result.delivered.append(record)
         else:
             self._m.batch("success")
@@ -207,13 +239,48 @@ class DeliveryService:
         if result.delivered:
             self._m.delivered.inc(len(result.delivered))
             self._m.delivery_latency.observe(max(0.0, time.time() - batch[0].timestamp_ms / 1000))
+            status = self.destination.track(decision, request)
+            if status is not None:
+                result.tracked.append(Tracked(result.delivered, status, decision.import_id))
         return result
+
+    async def _setup(self) -> bool:
+        """Make the destination's setup request if it needs one (e.g. today's document import)."""
+        request = self.destination.setup()
+        if request is None:
+            return True
+        answer = await self._send(request, 0)
+        if answer.status is None or not self.destination.read_setup(answer.status, answer.body, request):
+            log.warning("%s: setup request failed (HTTP %s)", self.destination.type, answer.status)
+            self._failures_in_a_row += 1
+            return False
+        return True
+
+    async def status(self, tracked: Tracked) -> Done:
+        """Follow an import to its end: poll its status, with growing pauses, until it is terminal."""
+        request, pause, started = tracked.status, 0.5, time.monotonic()
+        while time.monotonic() - started < RECONCILE_TIMEOUT:
+            await asyncio.sleep(pause)
+            pause = min(pause * 1.5, 5.0)
+            answer = await self._send(request, 0)
+            if answer.status is None or answer.status in RETRY_STATUSES:
+                continue
+            if answer.status in STOP_STATUSES:
+                raise DestinationAuthError(f"{self.destination.type}: import status refused our credentials")
+            reading = self.destination.read_status(answer.status, answer.body, request, tracked.records)
+            if isinstance(reading, Done):
+                return reading
+            if isinstance(reading, FollowUp):
+                request, pause = reading.request, 0.0
+        message = f"import {tracked.import_id} not terminal after {RECONCILE_TIMEOUT:.0f}s"
+        return Done(dict.fromkeys(range(len(tracked.records)), message))
 
     async def _send(self, request: Request, records: int) -> _Answer:
         number = await self.rate_limiter.acquire()
         saturated = await self.concurrency.acquire()
-        self._m.batch_records.observe(records)
-        self._m.batch_bytes.observe(len(request.content))
+        if records:
+            self._m.batch_records.observe(records)
+            self._m.batch_bytes.observe(len(request.content))
         started = time.monotonic()
         answer: _Answer
         try:

@@ -7,11 +7,18 @@ from typing import Any
 
 from connector.config import SinkSettings
 from connector.destinations.base import Destination
-from connector.destinations.rally_uxr import RallyUxrActivities
+from connector.destinations.http_bulk import HttpBulk
+from connector.destinations.mediarithmics import MediarithmicsUserActivities
+from connector.destinations.rally_crm import RallyCrmActivities
+from connector.destinations.rally_uxr import RallyUxrActivities, RallyUxrPeople
 from connector.errors import ConfigError
 
 _REGISTRY: dict[str, Callable[[Mapping[str, Any]], Destination]] = {
     RallyUxrActivities.type: RallyUxrActivities,
+    RallyUxrPeople.type: RallyUxrPeople,
+    RallyCrmActivities.type: RallyCrmActivities,
+    MediarithmicsUserActivities.type: MediarithmicsUserActivities,
+    HttpBulk.type: HttpBulk,
 }
 
 

@@ -1,27 +1,49 @@
-"""Rally UXR `POST /activities/import` (type `rally_uxr.activities`).
+"""Rally UXR imports: `POST /activities/import` (`rally_uxr.activities`) and `POST /people/import`
+(`rally_uxr.people`), each followed to its end with `GET /imports/{importId}`.
 
-A batch is grouped by `personId` into `peopleActivities`, at most 1000 activities across all people. The
-202 answer lists refused activities in `errors[].path`: `["peopleActivities", i, "activities", j, ...]`
-names one activity, `["peopleActivities", i]` every activity of that person. A 400 refuses the whole
-request, so the batch is split until the bad record is alone.
+Activities: a batch is grouped by `personId` into `peopleActivities`, at most 1000 activities across all
+people. The 202 answer lists refused activities in `errors[].path`: `["peopleActivities", i,
+"activities", j, ...]` names one activity, `["peopleActivities", i]` every activity of that person. A 400
+refuses the whole request, so the batch is split until the bad record is alone.
+
+People: at most 1000 per request, with the sink's `identifier_property_id` and `population_id` (so one
+request never mixes them). The API has PUT semantics: a property missing from a record is *removed* from
+that person, so every record must carry the person's whole set of properties.
+
+The import status's `failedRecords` (`[{personId}]` or `[{email}]`) fail every record of that person in
+that import (reason `import_failed`); `ERROR` without `failedRecords` fails the whole import. With
+`ack: completed`, offsets are committed only once the import is terminal.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import orjson
 
-from connector.destinations.base import GiveUp, Reading, Request, RetryAfter, Split, Success
+from connector.destinations.base import (
+    Destination,
+    Done,
+    GiveUp,
+    Pending,
+    Reading,
+    Request,
+    Split,
+    StatusReading,
+    Success,
+    parse_ack,
+    unreadable,
+)
 from connector.errors import ConfigError
 from connector.records import Record
 
 log = logging.getLogger(__name__)
 
 MAX_ACTIVITIES = 1000
+MAX_PEOPLE = 1000
 
 
 def _error_summary(body: bytes) -> str:
@@ -32,19 +54,61 @@ def _error_summary(body: bytes) -> str:
         return body[:200].decode("utf-8", "replace")
 
 
-def unreadable(message: str) -> RetryAfter:
-    log.warning("rally_uxr: %s; retrying the batch", message)
-    return RetryAfter("unreadable_answer")
+class _RallyUxrImport(Destination):
+    """What both import endpoints share: refusals and following the import to its end."""
+
+    def read_refusal(self, status: int, body: bytes, request: Request, batch: Sequence[Record]) -> Reading:
+        message = _error_summary(body)
+        if status == 400 and len(batch) > 1:
+            return Split(message)
+        return GiveUp(message)
+
+    def track(self, success: Success, request: Request) -> Request | None:
+        if success.import_id is None:
+            return None
+        return Request("GET", f"/imports/{success.import_id}", b"")
+
+    def identity(self, record: Record) -> list[str]:
+        """The values `failedRecords` may name this record by."""
+        raise NotImplementedError
+
+    def read_status(
+        self, status: int, body: bytes, request: Request, batch: Sequence[Record]
+    ) -> StatusReading:
+        if status == 404:
+            return Pending()  # not visible yet right after the 202
+        if not 200 <= status < 300:
+            return Pending()
+        try:
+            answer = orjson.loads(body)
+            state = answer["status"]
+            failed_records = answer.get("failedRecords")
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            log.warning("%s: unexpected import status answer; asking again", self.type)
+            return Pending()
+        if state not in ("COMPLETED", "ERROR"):
+            return Pending()
+        if state == "ERROR" and failed_records is None:
+            return Done(dict.fromkeys(range(len(batch)), "the import failed (status ERROR)"))
+        names = {str(v) for item in failed_records or [] for v in item.values() if v is not None}
+        failed = {
+            i: f"failed in import ({state})"
+            for i, record in enumerate(batch)
+            if any(n in names for n in self.identity(record))
+        }
+        return Done(failed)
 
 
-class RallyUxrActivities:
+class RallyUxrActivities(_RallyUxrImport):
     type = "rally_uxr.activities"
     max_records = MAX_ACTIVITIES
     schema_file = "rally_uxr_activity.avsc"
 
     def __init__(self, options: Mapping[str, Any]) -> None:
-        for key in options:
-            raise ConfigError(f"destination.{key}", f"unknown option for {self.type}")
+        unknown = set(options) - {"ack"}
+        if unknown:
+            raise ConfigError(f"destination.{sorted(unknown)[0]}", f"unknown option for {self.type}")
+        self.ack_completed = parse_ack(options)
 
     def check(self, payload: dict[str, Any]) -> str | None:
         at = payload["activityAt"]
@@ -87,7 +151,7 @@ class RallyUxrActivities:
             for error in errors:
                 path, message = error["path"], str(error["message"])
                 if len(path) < 2 or path[0] != "peopleActivities":
-                    return unreadable(f"error path {path!r} does not name a person")
+                    return unreadable(self.type, f"error path {path!r} does not name a person")
                 indices = people[path[1]]
                 if len(path) >= 4 and path[2] == "activities":
                     rejected[indices[path[3]]] = message
@@ -95,17 +159,79 @@ class RallyUxrActivities:
                     for i in indices:
                         rejected[i] = message
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
-            return unreadable(f"unexpected 2xx answer ({type(exc).__name__}: {exc})")
-        log.info(
-            "rally_uxr import %s accepted %d of %d activities",
-            import_id,
-            len(batch) - len(rejected),
-            len(batch),
-        )
+            return unreadable(self.type, f"unexpected 2xx answer ({type(exc).__name__}: {exc})")
+        log.info("%s: import %s took %d of %d", self.type, import_id, len(batch) - len(rejected), len(batch))
         return Success(rejected=rejected, import_id=str(import_id))
 
-    def read_refusal(self, status: int, body: bytes, request: Request, batch: Sequence[Record]) -> Reading:
-        message = _error_summary(body)
-        if status == 400 and len(batch) > 1:
-            return Split(message)
-        return GiveUp(message)
+    def identity(self, record: Record) -> list[str]:
+        return [record.payload["personId"]]
+
+
+class RallyUxrPeople(_RallyUxrImport):
+    type = "rally_uxr.people"
+    max_records = MAX_PEOPLE
+    schema_file = "rally_uxr_person.avsc"
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        unknown = set(options) - {"ack", "identifier_property_id", "population_id"}
+        if unknown:
+            raise ConfigError(f"destination.{sorted(unknown)[0]}", f"unknown option for {self.type}")
+        self.ack_completed = parse_ack(options)
+        self.identifier = str(options.get("identifier_property_id") or "email")
+        self.population_id = options.get("population_id")
+
+    def _identifier_of(self, payload: dict[str, Any]) -> Any:
+        if self.identifier in ("email", "phone"):
+            return payload.get(self.identifier)
+        for prop in payload.get("properties") or []:
+            if prop.get("propertyId") == self.identifier:
+                return prop.get("value")
+        return None
+
+    def check(self, payload: dict[str, Any]) -> str | None:
+        if self._identifier_of(payload) in (None, ""):
+            return f"the identifier {self.identifier!r} is missing (identifier_property_id)"
+        email = payload.get("email")
+        if email is not None and "@" not in email:
+            return f"email: {email!r} is not an email address"
+        contact = payload.get("lastContactDate")
+        if contact is not None:
+            try:
+                date.fromisoformat(contact)
+            except ValueError:
+                return f"lastContactDate: {contact!r} is not a date (YYYY-MM-DD)"
+        for i, prop in enumerate(payload.get("properties") or []):
+            by_id = prop.get("propertyId") is not None
+            by_name = prop.get("name") is not None and prop.get("propertyType") is not None
+            if by_id == by_name:
+                return f"properties[{i}]: give either propertyId, or name and propertyType"
+        return None
+
+    def person(self, payload: dict[str, Any]) -> dict[str, Any]:
+        person = {k: v for k, v in payload.items() if v is not None and k != "properties"}
+        if payload.get("properties") is not None:
+            person["properties"] = [
+                {k: v for k, v in p.items() if v is not None} for p in payload["properties"]
+            ]
+        return person
+
+    def build(self, batch: Sequence[Record]) -> Request:
+        body: dict[str, Any] = {"people": [self.person(r.payload) for r in batch]}
+        if self.identifier != "email":
+            body["identifierPropertyId"] = self.identifier
+        if self.population_id is not None:
+            body["populationId"] = str(self.population_id)
+        return Request("POST", "/people/import", orjson.dumps(body))
+
+    def read_success(self, status: int, body: bytes, request: Request, batch: Sequence[Record]) -> Reading:
+        try:
+            answer = orjson.loads(body)
+            import_id = answer["importId"]
+            int(answer["count"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            return unreadable(self.type, f"unexpected 2xx answer ({type(exc).__name__}: {exc})")
+        return Success(import_id=None if import_id is None else str(import_id))
+
+    def identity(self, record: Record) -> list[str]:
+        p = record.payload
+        return [str(v) for v in (p.get("email"), p.get("phone"), self._identifier_of(p)) if v is not None]

@@ -15,17 +15,17 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from connector.codec import DecodeError, compile_validator, load_schema, make_decoder
+from connector.codec import DecodeError, make_decoder, validator_for
 from connector.config import SinkSettings
 from connector.deadletter import DeadLetterWriter
 from connector.delivery.auth import credentials
-from connector.delivery.service import BatchResult, DeliveryService, Failure, make_client
+from connector.delivery.service import BatchResult, DeliveryService, Failure, Tracked, make_client
 from connector.destinations import for_sink
 from connector.errors import DeadLetterError, FatalError
 from connector.kafka import consumer_config, producer_config
@@ -67,7 +67,7 @@ class SinkPipeline:
         self.name = settings.name
         self.m = metrics.sink(settings.name)
         self.destination, max_records = for_sink(settings, index)
-        self.validate = compile_validator(load_schema(self.destination.schema_file))
+        self.validate = validator_for(self.destination.schema_file)
         self.decoder = make_decoder(settings.format, settings.schema, settings.schema_registry_url)
         b = settings.batch
         self.max_bytes = b.max_bytes
@@ -210,9 +210,7 @@ class SinkPipeline:
         for lane in self.lanes:
             if not lane.busy and lane.ready:
                 lane.busy = True
-                task = asyncio.create_task(self._deliver(lane, lane.ready.popleft()))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._spawn(self._deliver(lane, lane.ready.popleft()))
 
     async def _deliver(self, lane: Lane, batch: Batch[Record]) -> None:
         try:
@@ -227,11 +225,45 @@ class SinkPipeline:
             return
         finally:
             self.backpressure.remove(len(batch), batch.nbytes)
+        # With ack: completed, records in a running import settle only once it is terminal.
+        held = {id(r) for t in result.tracked for r in t.records} if self.destination.ack_completed else set()
         for record in result.delivered:
-            self.offsets.settle((record.topic, record.partition), record.epoch, record.offset)
+            if id(record) not in held:
+                self.offsets.settle((record.topic, record.partition), record.epoch, record.offset)
         for record, failure in result.failed:
             self._dead_letter(record, failure)
+        for tracked in result.tracked:
+            if held:
+                self.backpressure.add(len(tracked.records), sum(r.size for r in tracked.records))
+            self._spawn(self._reconcile(tracked))
         lane.busy = False
+
+    async def _reconcile(self, tracked: Tracked) -> None:
+        """Follow an import to its end; its failed records are dead-lettered with reason import_failed."""
+        try:
+            done = await self.service.status(tracked)
+        except FatalError as exc:
+            log.error("%s: %s", self.name, exc)
+            self.fatal = exc
+            return
+        hold = self.destination.ack_completed
+        for i, record in enumerate(tracked.records):
+            message = done.failed.get(i)
+            if message is not None:
+                self._dead_letter(
+                    record, Failure("import_failed", message, attempts=1, import_id=tracked.import_id)
+                )
+            elif hold:
+                self.offsets.settle((record.topic, record.partition), record.epoch, record.offset)
+        if hold:
+            self.backpressure.remove(len(tracked.records), sum(r.size for r in tracked.records))
+        if done.failed:
+            log.warning("%s: import %s: %d records failed", self.name, tracked.import_id, len(done.failed))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # --- settling -------------------------------------------------------------------------------------------
 

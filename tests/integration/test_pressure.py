@@ -124,9 +124,9 @@ def test_outage_loses_nothing_keeps_memory_flat_and_resumes_fast(
     assert resumed <= 2.0
     assert log.count(": assigned") == 1  # no rebalance while the destination was down
     assert log.count(": revoked") <= 1 and ": lost" not in log  # only the final shutdown revokes
+    assert read_topic(kafka_bootstrap, f"{topic}.dlq", 0, timeout=3) == []
     counts = _delivered(sandbox)
     assert set(counts) == set(range(records))
-    assert read_topic(kafka_bootstrap, f"{topic}.dlq", 0, timeout=3) == []
 
 
 def _sample_rss(connector: ConnectorProcess, seconds: float) -> list[int]:

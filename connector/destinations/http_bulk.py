@@ -1,0 +1,115 @@
+"""Any JSON bulk endpoint (type `http.bulk`): a batch as a JSON array, NDJSON, or an array under a key.
+
+Options:
+- `body`: `json_array` (default), `ndjson`, or `object` (the array under `wrap_key`, default `records`);
+- `path`: appended to `url` (default: none); `method`: POST (default) or PUT;
+- `headers`: extra request headers;
+- `max_records`: the endpoint's cap (default 1000);
+- `errors_pointer`: a JSON pointer (RFC 6901) to a list of per-record errors in a 2xx answer, each an
+  object with the record's position under `index_field` (default `index`) and a `message`;
+- `schema`: an Avro schema file the records must fit (default: any JSON object).
+Any 2xx without per-record errors means every record was delivered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from connector.destinations.base import Destination, GiveUp, Reading, Request, Split, Success, unreadable
+from connector.errors import ConfigError
+from connector.records import Record
+
+_OPTIONS = {
+    "body",
+    "wrap_key",
+    "path",
+    "method",
+    "headers",
+    "max_records",
+    "errors_pointer",
+    "index_field",
+    "schema",
+}
+
+
+def resolve_pointer(document: Any, pointer: str) -> Any:
+    """RFC 6901: `/a/0/b`; `~1` is `/` and `~0` is `~`. KeyError when the path does not exist."""
+    if pointer in ("", "/"):
+        return document
+    for raw in pointer.lstrip("/").split("/"):
+        part = raw.replace("~1", "/").replace("~0", "~")
+        if isinstance(document, list):
+            document = document[int(part)]
+        elif isinstance(document, dict):
+            document = document[part]
+        else:
+            raise KeyError(pointer)
+    return document
+
+
+class HttpBulk(Destination):
+    type = "http.bulk"
+    ack_completed = False
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        unknown = set(options) - _OPTIONS
+        if unknown:
+            raise ConfigError(f"destination.{sorted(unknown)[0]}", f"unknown option for {self.type}")
+        self.body = str(options.get("body", "json_array"))
+        if self.body not in ("json_array", "ndjson", "object"):
+            raise ConfigError("destination.body", "must be json_array, ndjson or object")
+        self.wrap_key = str(options.get("wrap_key", "records"))
+        self.path = str(options.get("path", ""))
+        self.method = str(options.get("method", "POST")).upper()
+        if self.method not in ("POST", "PUT"):
+            raise ConfigError("destination.method", "must be POST or PUT")
+        headers = options.get("headers", {})
+        if not isinstance(headers, dict):
+            raise ConfigError("destination.headers", "must be a mapping of header names to values")
+        self.headers = {str(k): str(v) for k, v in headers.items()}
+        cap = options.get("max_records", 1000)
+        if not isinstance(cap, int) or cap < 1:
+            raise ConfigError("destination.max_records", "must be an integer >= 1")
+        self.max_records = cap
+        self.errors_pointer = options.get("errors_pointer")
+        self.index_field = str(options.get("index_field", "index"))
+        schema = options.get("schema")
+        self.schema_file: str | Path | None = Path(str(schema)) if schema else None
+
+    def check(self, payload: dict[str, Any]) -> str | None:
+        return None
+
+    def build(self, batch: Sequence[Record]) -> Request:
+        if self.body == "ndjson":
+            content = b"\n".join(orjson.dumps(r.payload) for r in batch) + b"\n"
+            return Request(self.method, self.path, content, "application/x-ndjson", headers=self.headers)
+        items = [r.payload for r in batch]
+        document: Any = items if self.body == "json_array" else {self.wrap_key: items}
+        return Request(self.method, self.path, orjson.dumps(document), headers=self.headers)
+
+    def read_success(self, status: int, body: bytes, request: Request, batch: Sequence[Record]) -> Reading:
+        if not self.errors_pointer:
+            return Success()
+        try:
+            errors = resolve_pointer(orjson.loads(body), str(self.errors_pointer)) if body.strip() else []
+            rejected: dict[int, str] = {}
+            for error in errors or []:
+                index = int(error[self.index_field])
+                if not 0 <= index < len(batch):
+                    return unreadable(self.type, f"error index {index} outside the request")
+                rejected[index] = str(error.get("message", error))
+        except KeyError:
+            return Success()  # no errors at the pointer: everything was taken
+        except (orjson.JSONDecodeError, TypeError, ValueError, IndexError) as exc:
+            return unreadable(self.type, f"unexpected 2xx answer ({type(exc).__name__}: {exc})")
+        return Success(rejected=rejected)
+
+    def read_refusal(self, status: int, body: bytes, request: Request, batch: Sequence[Record]) -> Reading:
+        message = body[:300].decode("utf-8", "replace")
+        if status in (400, 422) and len(batch) > 1:
+            return Split(message)
+        return GiveUp(message)

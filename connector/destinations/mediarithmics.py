@@ -1,0 +1,179 @@
+"""mediarithmics USER_ACTIVITY document imports (type `mediarithmics.user_activities`).
+
+Each sink creates a document import (`USER_ACTIVITY`, `APPLICATION_X_NDJSON`) and reuses it for the day,
+starting a new one each UTC day as the docs advise; each batch is one execution whose body is NDJSON, one
+activity per line. The `$` the Avro schema cannot carry in field names is added back here. An execution is
+tracked to a terminal status; the lines of its error file are dead-lettered with reason `import_failed`.
+
+Options: `datamart_id` (required), `ack: accepted | completed`, `import_name` (default
+`activity-connector`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+from connector.destinations.base import (
+    Destination,
+    Done,
+    FollowUp,
+    GiveUp,
+    Pending,
+    Reading,
+    Request,
+    Split,
+    StatusReading,
+    Success,
+    parse_ack,
+    unreadable,
+)
+from connector.errors import ConfigError
+from connector.records import Record
+
+IDENTIFIERS = ("user_agent_id", "user_account_id", "email_hash")
+TERMINAL_OK = frozenset({"SUCCEEDED", "SUCCESS"})
+TERMINAL_FAILED = frozenset({"FAILED", "CANCELED", "LOST", "EXECUTOR_NOT_RESPONDING"})
+MIN_EPOCH_MS = 10**11  # smaller values are almost surely seconds, not milliseconds
+
+
+def _dollar(value: dict[str, Any]) -> dict[str, Any]:
+    return {"$" + k: v for k, v in value.items() if v is not None}
+
+
+class MediarithmicsUserActivities(Destination):
+    type = "mediarithmics.user_activities"
+    max_records = 100_000  # bounded by bytes (batch.max_bytes), keep files well under 100 MB
+    schema_file = "mediarithmics_user_activity.avsc"
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        unknown = set(options) - {"datamart_id", "ack", "import_name"}
+        if unknown:
+            raise ConfigError(f"destination.{sorted(unknown)[0]}", f"unknown option for {self.type}")
+        if "datamart_id" not in options:
+            raise ConfigError("destination.datamart_id", f"is required for {self.type}")
+        self.datamart_id = str(options["datamart_id"])
+        self.ack_completed = parse_ack(options)
+        self.import_name = str(options.get("import_name", "activity-connector"))
+        self._import_id: str | None = None
+        self._import_day: dt.date | None = None
+
+    def check(self, payload: dict[str, Any]) -> str | None:
+        present = [k for k in IDENTIFIERS if payload.get(k) is not None]
+        if len(present) != 1:
+            return f"exactly one user identifier per line ({', '.join(IDENTIFIERS)}), got {len(present)}"
+        if present[0] == "user_account_id" and payload.get("compartment_id") is None:
+            pass  # the datamart's default compartment applies
+        if payload["ts"] < MIN_EPOCH_MS:
+            return f"ts: {payload['ts']} looks like seconds; $ts is epoch milliseconds"
+        for event in payload.get("events") or []:
+            if event["ts"] < MIN_EPOCH_MS:
+                return f"events.ts: {event['ts']} looks like seconds; $ts is epoch milliseconds"
+        return None
+
+    # --- the document import this sink writes to ---------------------------------------------------------
+
+    def setup(self) -> Request | None:
+        """A request creating today's document import, when there is none yet."""
+        today = dt.datetime.now(dt.UTC).date()
+        if self._import_id is not None and self._import_day == today:
+            return None
+        body = {
+            "document_type": "USER_ACTIVITY",
+            "mime_type": "APPLICATION_X_NDJSON",
+            "encoding": "utf-8",
+            "name": f"{self.import_name} {today.isoformat()}",
+        }
+        return Request(
+            "POST", f"/datamarts/{self.datamart_id}/document_imports", orjson.dumps(body), context=today
+        )
+
+    def read_setup(self, status: int, body: bytes, request: Request) -> bool:
+        if not 200 <= status < 300:
+            return False
+        try:
+            self._import_id = str(orjson.loads(body)["data"]["id"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return False
+        self._import_day = request.context
+        return True
+
+    # --- executions --------------------------------------------------------------------------------------
+
+    def line(self, payload: dict[str, Any]) -> dict[str, Any]:
+        line = _dollar(
+            {k: v for k, v in payload.items() if k not in ("email_hash", "origin", "location", "events")}
+        )
+        line.setdefault("$session_status", "NO_SESSION")
+        if payload.get("email_hash") is not None:
+            line["$email_hash"] = _dollar(payload["email_hash"])
+        for key in ("origin", "location"):
+            if payload.get(key) is not None:
+                line["$" + key] = _dollar(payload[key])
+        line["$events"] = [
+            {"$ts": e["ts"], "$event_name": e["event_name"], "$properties": e.get("properties") or {}}
+            for e in payload.get("events") or []
+        ]
+        return line
+
+    def build(self, batch: Sequence[Record]) -> Request:
+        assert self._import_id is not None, "setup() runs before build()"
+        content = b"\n".join(orjson.dumps(self.line(r.payload)) for r in batch) + b"\n"
+        path = f"/datamarts/{self.datamart_id}/document_imports/{self._import_id}/executions"
+        return Request("POST", path, content, "application/x-ndjson", context=self._import_id)
+
+    def read_success(self, status: int, body: bytes, request: Request, batch: Sequence[Record]) -> Reading:
+        try:
+            execution = orjson.loads(body)["data"]
+            execution_id = str(execution["id"])
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            return unreadable(self.type, f"unexpected 2xx answer ({type(exc).__name__}: {exc})")
+        return Success(import_id=execution_id)
+
+    def read_refusal(self, status: int, body: bytes, request: Request, batch: Sequence[Record]) -> Reading:
+        message = body[:300].decode("utf-8", "replace")
+        if status == 400 and len(batch) > 1:
+            return Split(message)
+        return GiveUp(message)
+
+    # --- tracking an execution to its end -----------------------------------------------------------------
+
+    def track(self, success: Success, request: Request) -> Request | None:
+        path = (
+            f"/datamarts/{self.datamart_id}/document_imports/{request.context}/executions/{success.import_id}"
+        )
+        return Request("GET", path, b"", context="status")
+
+    def read_status(
+        self, status: int, body: bytes, request: Request, batch: Sequence[Record]
+    ) -> StatusReading:
+        if not 200 <= status < 300:
+            return Pending()
+        if request.context == "errors":
+            failed: dict[int, str] = {}
+            for raw in body.splitlines():
+                if raw.strip():
+                    item = orjson.loads(raw)
+                    index = int(item["line"]) - 1
+                    if 0 <= index < len(batch):
+                        failed[index] = str(item.get("error", "failed in the import"))
+            return Done(failed)
+        try:
+            execution = orjson.loads(body)["data"]
+            state = str(execution["status"])
+            result = execution.get("result") or {}
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return Pending()
+        if state in TERMINAL_FAILED:
+            message = str((execution.get("error") or {}).get("message") or f"execution {state}")
+            return Done(dict.fromkeys(range(len(batch)), message))
+        if state not in TERMINAL_OK:
+            return Pending()
+        if int(result.get("total_failure") or 0) > 0 and result.get("error_file_uri"):
+            uri = quote(str(result["error_file_uri"]), safe="")
+            return FollowUp(Request("GET", f"/data_file/data?uri={uri}", b"", context="errors"))
+        return Done({})
