@@ -115,6 +115,7 @@ class DeliveryService:
         self._failures_in_a_row = 0
         self._recovered = asyncio.Event()  # set when the API answers again after an outage, then replaced
         self._prober: object | None = None
+        self._setup_lock = asyncio.Lock()
 
     async def deliver(self, batch: Sequence[Record]) -> BatchResult:
         """Send a batch until every record is delivered or failed."""
@@ -246,15 +247,18 @@ class DeliveryService:
 
     async def _setup(self) -> bool:
         """Make the destination's setup request if it needs one (e.g. today's document import)."""
-        request = self.destination.setup()
-        if request is None:
+        if self.destination.setup() is None:
             return True
-        answer = await self._send(request, 0)
-        if answer.status is None or not self.destination.read_setup(answer.status, answer.body, request):
-            log.warning("%s: setup request failed (HTTP %s)", self.destination.type, answer.status)
-            self._failures_in_a_row += 1
-            return False
-        return True
+        async with self._setup_lock:  # one lane creates it; the others then find it there
+            request = self.destination.setup()
+            if request is None:
+                return True
+            answer = await self._send(request, 0)
+            if answer.status is None or not self.destination.read_setup(answer.status, answer.body, request):
+                log.warning("%s: setup request failed (HTTP %s)", self.destination.type, answer.status)
+                self._failures_in_a_row += 1
+                return False
+            return True
 
     async def status(self, tracked: Tracked) -> Done:
         """Follow an import to its end: poll its status, with growing pauses, until it is terminal."""

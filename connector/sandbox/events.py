@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import random
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -91,3 +92,63 @@ def produce(bootstrap: str, topic: str, events: Iterable[Event]) -> int:
     if remaining or failures:
         raise RuntimeError(f"producing to {topic}: {remaining} unacknowledged, errors: {failures[:3]}")
     return count
+
+
+CRM_TYPES = ("note", "task", "call", "meeting")
+
+
+def crm_activity(i: int) -> dict[str, Any]:
+    """The i-th sample Rally CRM activity, cycling through the four types with their own fields."""
+    kind = CRM_TYPES[i % 4]
+    activity: dict[str, Any] = {
+        "activityType": kind,
+        "subject": f"activity {i}",
+        "body": f"sample body {i}",
+        "contactId": str(uuid.UUID(int=i + 1)),
+        "status": "completed" if i % 2 else "pending",
+    }
+    if kind == "task":
+        activity |= {
+            "dueDate": f"2026-12-{1 + i % 28:02d}T17:00:00Z",
+            "priority": ("low", "normal", "high", "urgent")[i % 4],
+        }
+    elif kind == "call":
+        activity |= {
+            "callDirection": "outbound" if i % 3 else "inbound",
+            "callOutcome": "connected",
+            "callDurationSeconds": i % 3600,
+        }
+    elif kind == "meeting":
+        activity |= {
+            "scheduledAt": "2026-12-01T14:00:00Z",
+            "durationMinutes": 30,
+            "location": "Room B",
+            "meetingUrl": f"https://meet.example.com/{i}",
+        }
+    return activity
+
+
+def uxr_person(i: int) -> dict[str, Any]:
+    """The i-th sample Rally UXR person, identified by email, with one property of each kind."""
+    return {
+        "email": f"person{i}@example.com",
+        "firstName": f"First{i}",
+        "lastName": f"Last{i}",
+        "isOptedOut": i % 10 == 0,
+        "lastContactDate": f"2026-11-{1 + i % 28:02d}",
+        "properties": [
+            {"propertyId": "prop-tier", "value": ("gold", "silver")[i % 2]},
+            {"name": "Favorite Color", "propertyType": "STRING", "value": ("Blue", "Red", "Green")[i % 3]},
+        ],
+    }
+
+
+def mics_activity(i: int) -> dict[str, Any]:
+    """The i-th sample mediarithmics user activity (field names without '$', as in the Avro schema)."""
+    ts = 1_790_000_000_000 + i * 1000
+    return {
+        "ts": ts,
+        "type": "TOUCH",
+        "user_agent_id": f"vec:{i:09d}",
+        "events": [{"ts": ts, "event_name": "$email_mapping", "properties": {"n": i}}],
+    }

@@ -1,4 +1,4 @@
-"""Simulator of Rally UXR `POST /activities/import` and `GET /imports/{importId}`.
+"""Simulators of Rally UXR `POST /activities/import`, `POST /people/import` and `GET /imports/{importId}`.
 
 Enforces what the API documents: bearer auth, at most 1000 activities across all people, the 16-value
 `type` enum, `activityAt` as an ISO-8601 date-time with a zone, optional `participantId`; a malformed
@@ -8,7 +8,11 @@ Rules tests can trigger:
 - a `personId` starting with `unknown-`: refused in the 202 (`Person not found`, path to the person);
 - a `participantId` starting with `reject-`: that activity refused in the 202 (`Participant not found`);
 - a `personId` starting with `bad-request-`: the whole request answered 400, as for server-side
-  validation a client cannot repeat.
+  validation a client cannot repeat;
+- a `personId` (activities) or `email` (people) starting with `fail-later-`: accepted in the 202, then
+  listed in the import's `failedRecords`; starting with `error-later-`: the whole import ends in `ERROR`
+  with `failedRecords: null`.
+Imports go NOT_STARTED → UPLOADING → COMPLETED/ERROR over `import_seconds`.
 """
 
 from __future__ import annotations
@@ -25,7 +29,66 @@ from connector.sandbox.events import TYPES
 from connector.sandbox.simulator import Simulator
 
 MAX_ACTIVITIES = 1000
+MAX_PEOPLE = 1000
 _TYPES = frozenset(TYPES)
+_PERSON_KEYS = frozenset(
+    {
+        "email",
+        "phone",
+        "firstName",
+        "lastName",
+        "isOptedOut",
+        "lastContactDate",
+        "additionalEmails",
+        "additionalPhones",
+        "properties",
+    }
+)
+
+
+class ImportRegistry:
+    """Imports of both endpoints; an import's status moves on with time, as the real one would."""
+
+    def __init__(self) -> None:
+        self.imports: dict[str, dict[str, Any]] = {}
+
+    def create(
+        self, kind: str, people: int, failed: list[dict[str, str]], error: bool, seconds: float
+    ) -> str:
+        import_id = str(uuid.uuid4())
+        self.imports[import_id] = {
+            "created": time.time(),
+            "seconds": seconds,
+            "type": kind,
+            "personCount": people,
+            "failed": failed,
+            "error": error,
+        }
+        return import_id
+
+    def status(self, import_id: str) -> dict[str, Any] | None:
+        found = self.imports.get(import_id)
+        if found is None:
+            return None
+        age = time.time() - found["created"]
+        done = age >= found["seconds"]
+        status = (
+            ("ERROR" if found["error"] else "COMPLETED")
+            if done
+            else ("UPLOADING" if age >= found["seconds"] / 2 else "NOT_STARTED")
+        )
+        failed = None if found["error"] or not done else (found["failed"] or None)
+        return {
+            "importId": import_id,
+            "type": found["type"],
+            "status": status,
+            "personCount": found["personCount"],
+            "failedRecords": failed,
+            "updatedAt": datetime.fromtimestamp(found["created"] + found["seconds"]).astimezone().isoformat(),
+        }
+
+
+REGISTRY = ImportRegistry()
 _ACTIVITY_KEYS = frozenset({"type", "activityAt", "participantId"})
 
 
@@ -44,7 +107,7 @@ class RallyUxrSimulator(Simulator):
 
     def reset(self) -> None:
         super().reset()
-        self.imports: dict[str, dict[str, Any]] = {}
+        REGISTRY.imports.clear()
 
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), "max_activities_per_request": self.max_batch}
@@ -69,7 +132,13 @@ class RallyUxrSimulator(Simulator):
             return self.answer(400, {"errors": problems[:50]}, headers=headers)
         people = body["peopleActivities"]
         self.max_batch = max(self.max_batch, sum(len(p["activities"]) for p in people))
-        import_id = str(uuid.uuid4())
+        failed_later = [
+            {"personId": p["personId"]} for p in people if p["personId"].startswith("fail-later-")
+        ]
+        error_later = any(p["personId"].startswith("error-later-") for p in people)
+        import_id = REGISTRY.create(
+            "ACTIVITIES", len(people), failed_later, error_later, float(self.settings["import_seconds"])
+        )
         errors: list[dict[str, Any]] = []
         accepted = 0
         for i, person in enumerate(people):
@@ -88,14 +157,6 @@ class RallyUxrSimulator(Simulator):
                 self.accepted.append({"personId": person_id, **activity, "importId": import_id})
                 accepted += 1
         self.accepted_now(accepted)
-        self.imports[import_id] = {
-            "importId": import_id,
-            "type": "ACTIVITIES",
-            "status": "COMPLETED",
-            "personCount": len(people),
-            "failedRecords": None,
-            "updatedAt": datetime.fromtimestamp(time.time()).astimezone().isoformat(),
-        }
         answer: dict[str, Any] = {
             "message": "Import started",
             "peopleCount": len(people),
@@ -158,7 +219,93 @@ class RallyUxrSimulator(Simulator):
         refusal, headers = await self.gate(request)
         if refusal is not None:
             return refusal
-        found = self.imports.get(request.match_info["import_id"])
+        found = REGISTRY.status(request.match_info["import_id"])
         if found is None:
             return self.answer(404, {"message": "Import not found"}, headers=headers)
         return self.answer(200, found, headers=headers)
+
+
+class RallyUxrPeopleSimulator(Simulator):
+    name = "rally_uxr.people"
+    prefix = "/rally-uxr/api/public/v1"
+
+    def stats(self) -> dict[str, Any]:
+        return {**super().stats(), "max_people_per_request": self.max_batch}
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post(self.prefix + "/people/import", self.import_people)
+
+    async def import_people(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        refusal, headers = await self.gate(request)
+        if refusal is not None:
+            return refusal
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return self.answer(
+                400, {"errors": [{"message": "Body is not valid JSON", "path": []}]}, headers=headers
+            )
+        problems = self._validate(body)
+        if problems:
+            return self.answer(400, {"errors": problems[:50]}, headers=headers)
+        people = body["people"]
+        identifier = body.get("identifierPropertyId", "email")
+        self.max_batch = max(self.max_batch, len(people))
+        emails = [str(p.get("email", "")) for p in people]
+        failed_later = [{"email": e} for e in emails if e.startswith("fail-later-")]
+        error_later = any(e.startswith("error-later-") for e in emails)
+        import_id = REGISTRY.create(
+            "API", len(people), failed_later, error_later, float(self.settings["import_seconds"])
+        )
+        for person in people:
+            record = {**person, "importId": import_id, "identifierPropertyId": identifier}
+            if "populationId" in body:
+                record["populationId"] = body["populationId"]
+            self.accepted.append(record)
+        self.accepted_now(len(people))
+        return self.answer(
+            202, {"message": "Import started", "count": len(people), "importId": import_id}, headers=headers
+        )
+
+    def _validate(self, body: Any) -> list[dict[str, Any]]:
+        if not isinstance(body, dict) or not isinstance(body.get("people"), list):
+            return [{"message": "people must be an array", "path": ["people"]}]
+        problems: list[dict[str, Any]] = []
+        unknown = set(body) - {"people", "identifierPropertyId", "populationId"}
+        if unknown:
+            problems.append({"message": f"Unknown keys: {sorted(unknown)}", "path": []})
+        people = body["people"]
+        if not people or len(people) > MAX_PEOPLE:
+            problems.append(
+                {"message": f"Between 1 and {MAX_PEOPLE} people, got {len(people)}", "path": ["people"]}
+            )
+        identifier = body.get("identifierPropertyId", "email")
+        for i, person in enumerate(people):
+            at = ["people", i]
+            if not isinstance(person, dict):
+                problems.append({"message": "Expected an object", "path": at})
+                continue
+            extra = set(person) - _PERSON_KEYS
+            if extra:
+                problems.append({"message": f"Unknown keys: {sorted(extra)}", "path": at})
+            if identifier in ("email", "phone"):
+                if not isinstance(person.get(identifier), str) or not person[identifier]:
+                    problems.append(
+                        {"message": f"{identifier} is required as the identifier", "path": [*at, identifier]}
+                    )
+            elif not any(p.get("propertyId") == identifier for p in person.get("properties") or []):
+                problems.append(
+                    {"message": "the identifier property is missing", "path": [*at, "properties"]}
+                )
+            for j, prop in enumerate(person.get("properties") or []):
+                by_id = "propertyId" in prop
+                by_name = "name" in prop and "propertyType" in prop
+                if by_id == by_name or "value" not in prop:
+                    problems.append(
+                        {
+                            "message": "propertyId, or name and propertyType, and a value",
+                            "path": [*at, "properties", j],
+                        }
+                    )
+        return problems

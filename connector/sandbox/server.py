@@ -27,7 +27,10 @@ import httpx
 import orjson
 from aiohttp import web
 
-from connector.sandbox.rally_uxr import RallyUxrSimulator
+from connector.sandbox.http_bulk import HttpBulkSimulator
+from connector.sandbox.mediarithmics import MediarithmicsSimulator
+from connector.sandbox.rally_crm import RallyCrmSimulator
+from connector.sandbox.rally_uxr import RallyUxrPeopleSimulator, RallyUxrSimulator
 from connector.sandbox.simulator import ISSUER, REFUSING, Simulator
 
 # Filled by run_sandbox once it listens: how to stop listening for a while.
@@ -35,7 +38,13 @@ REFUSE: web.AppKey[dict[str, Callable[[float], Awaitable[None]]]] = web.AppKey("
 
 
 def simulators() -> list[Simulator]:
-    return [RallyUxrSimulator()]
+    return [
+        RallyUxrSimulator(),
+        RallyUxrPeopleSimulator(),
+        RallyCrmSimulator(),
+        MediarithmicsSimulator(),
+        HttpBulkSimulator(),
+    ]
 
 
 def build_app() -> web.Application:

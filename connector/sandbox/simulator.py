@@ -13,6 +13,7 @@ Settings (changed through `POST /_sandbox/{api}/config`, merged into the current
   `timeout_seconds` (the request is still processed, as a real API would: a client that gave up will send
   a duplicate); `reset_rate`: share of connections reset before an answer; `outage_until`: epoch seconds
   until which every request gets 503; `seed`: for reproducible fault injection.
+- `import_seconds`: how long an asynchronous import takes to reach its terminal status.
 - OAuth2: besides `token`, any unexpired token issued by `POST /_sandbox/oauth/token` is accepted.
 """
 
@@ -39,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "timeout_seconds": 5.0,
     "reset_rate": 0.0,
     "outage_until": 0,
+    "import_seconds": 0.3,
     "seed": 1,
 }
 

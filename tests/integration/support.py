@@ -72,3 +72,46 @@ def headers_of(message: Message) -> dict[str, bytes]:
     raw = message.headers() or []
     items = raw.items() if isinstance(raw, dict) else raw
     return {k: v if isinstance(v, bytes) else (v or "").encode() for k, v in items}
+
+
+def destination(kind: str, sandbox_url: str, **options: Any) -> dict[str, Any]:
+    """The `destination:` section for one of the sandbox's simulators."""
+    bearer = {"type": "bearer", "token": "sandbox-token"}
+    base: dict[str, dict[str, Any]] = {
+        "rally_uxr.activities": {"url": f"{sandbox_url}/rally-uxr/api/public/v1", "auth": bearer},
+        "rally_uxr.people": {"url": f"{sandbox_url}/rally-uxr/api/public/v1", "auth": bearer},
+        "rally_crm.activities": {
+            "url": f"{sandbox_url}/rally-crm/api/v1",
+            "auth": {"type": "api_key", "header": "X-Api-Key", "value": "sandbox-token"},
+        },
+        "mediarithmics.user_activities": {
+            "url": f"{sandbox_url}/mediarithmics/v1",
+            "auth": {"type": "header", "name": "Authorization", "value": "sandbox-token"},
+            "datamart_id": 1162,
+        },
+        "http.bulk": {"url": f"{sandbox_url}/bulk/v1", "auth": bearer, "path": "/records"},
+    }
+    return {"type": kind, **base[kind], **options}
+
+
+def sink(name: str, topic: str, dest: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "topics": [topic],
+        "group_id": f"test.{name}.{uuid.uuid4().hex[:8]}",
+        "destination": dest,
+        "batch": {"max_wait": "100ms"},
+        "delivery": {"retry": {"initial_backoff": "50ms", "max_backoff": "1s"}},
+        "dead_letter": {"topic": f"{topic}.dlq"},
+        **extra,
+    }
+
+
+def settings_of(bootstrap: str, *sinks: dict[str, Any]) -> Settings:
+    doc = {
+        "kafka": {"bootstrap.servers": bootstrap},
+        "metrics": {"listen": "127.0.0.1:0"},
+        "shutdown_timeout": "10s",
+        "sinks": list(sinks),
+    }
+    return parse_settings(doc, env={})
