@@ -1,50 +1,128 @@
 """`activity-connector demo`: the embedded default, end to end on this machine.
 
-Starts a local Kafka broker and the sandbox APIs, produces sample events (some bad on purpose), runs the
-connector until every record is delivered or dead-lettered, prints a summary and stops what it started.
+Starts a local Kafka broker and the sandbox APIs, produces sample events for every destination (some bad
+on purpose), runs one connector with a sink per destination until every record is delivered or
+dead-lettered, prints a summary per destination and stops everything it started.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from connector.config import parse_settings
 from connector.sandbox.control import SandboxClient
-from connector.sandbox.events import Event, json_events, produce, uxr_activity
+from connector.sandbox.events import Event, crm_activity, mics_activity, produce, uxr_activity, uxr_person
 from connector.sandbox.harness import ConnectorThread
 from connector.sandbox.kafka_broker import broker_from_env, create_topic
 from connector.sandbox.server import SandboxProcess
 
-API = "rally_uxr.activities"
+BEARER = {"type": "bearer", "token": "sandbox-token"}
 
 
-def bad_events() -> list[tuple[str, Event]]:
-    """One of each kind of trouble, with the reason its dead letter should carry."""
-    good = uxr_activity(1)
-    cases: list[tuple[str, Event]] = []
-    for i in range(20):
-        cases.append(("decode_error", Event(b"k", b'{"personId": "person-1", "type": ')))
-        cases.append(("invalid_record", Event(b"k", orjson.dumps({**good, "type": "PARTY_ATTENDED"}))))
-        cases.append(
-            ("invalid_record", Event(b"k", orjson.dumps({k: v for k, v in good.items() if k != "personId"})))
-        )
-        cases.append(
-            ("invalid_record", Event(b"k", orjson.dumps({**good, "activityAt": "2026-11-07 05:31"})))
-        )
-        cases.append(("rejected", Event(b"unknown", orjson.dumps({**good, "personId": f"unknown-{i}"}))))
-        cases.append(("rejected", Event(b"k", orjson.dumps({**good, "participantId": f"reject-{i}"}))))
-    for i in range(5):
-        cases.append(("rejected", Event(b"bad", orjson.dumps({**good, "personId": f"bad-request-{i}"}))))
-        cases.append(
-            ("record_too_large", Event(b"k", orjson.dumps({**good, "participantId": "x" * 300_000})))
-        )
-    return cases
+@dataclass
+class Case:
+    """One destination of the demo: its sink settings, sample records, and records bad on purpose."""
+
+    sink: str
+    api: str
+    url_path: str
+    make: Callable[[int], dict[str, Any]]
+    key: str
+    count: int
+    bad: list[tuple[str, bytes]] = field(default_factory=list)  # (expected reason, value)
+    destination: dict[str, Any] = field(default_factory=dict)
+    batch: dict[str, Any] = field(default_factory=dict)
+
+
+def cases(total: int) -> list[Case]:
+    uxr = uxr_activity(1)
+    crm = crm_activity(2)
+    person = uxr_person(3)
+    mics = mics_activity(4)
+    share = max(1000, total // 4)
+    return [
+        Case(
+            "uxr-activities",
+            "rally_uxr.activities",
+            "/rally-uxr/api/public/v1",
+            uxr_activity,
+            "personId",
+            share * 2,
+            bad=[
+                ("decode_error", b'{"personId": "person-1", "type": '),
+                ("invalid_record", orjson.dumps({**uxr, "type": "PARTY_ATTENDED"})),
+                ("invalid_record", orjson.dumps({**uxr, "activityAt": "2026-11-07 05:31"})),
+                ("record_too_large", orjson.dumps({**uxr, "participantId": "x" * 300_000})),
+                ("rejected", orjson.dumps({**uxr, "personId": "unknown-1"})),
+                ("rejected", orjson.dumps({**uxr, "personId": "bad-request-1"})),
+                ("import_failed", orjson.dumps({**uxr, "personId": "fail-later-1"})),
+            ],
+            destination={"auth": BEARER, "ack": "completed"},
+            batch={"max_bytes": "256KiB"},
+        ),
+        Case(
+            "uxr-people",
+            "rally_uxr.people",
+            "/rally-uxr/api/public/v1",
+            uxr_person,
+            "email",
+            share // 2,
+            bad=[
+                ("invalid_record", orjson.dumps({k: v for k, v in person.items() if k != "email"})),
+                ("import_failed", orjson.dumps({**person, "email": "fail-later-3@example.com"})),
+            ],
+            destination={"auth": BEARER, "population_id": "demo-population"},
+        ),
+        Case(
+            "crm-activities",
+            "rally_crm.activities",
+            "/rally-crm/api/v1",
+            crm_activity,
+            "contactId",
+            share,
+            bad=[
+                ("invalid_record", orjson.dumps({**crm, "activityType": "note", "callDurationSeconds": 60})),
+                ("rejected", orjson.dumps({**crm, "subject": "reject-me"})),
+            ],
+            destination={"auth": {"type": "api_key", "header": "X-Api-Key", "value": "sandbox-token"}},
+        ),
+        Case(
+            "mics-activities",
+            "mediarithmics.user_activities",
+            "/mediarithmics/v1",
+            mics_activity,
+            "user_agent_id",
+            share,
+            bad=[
+                ("invalid_record", orjson.dumps({**mics, "ts": 1_790_000_000})),
+                ("invalid_record", orjson.dumps({**mics, "user_account_id": "also"})),
+                ("import_failed", orjson.dumps({**mics, "user_agent_id": "fail-later-4"})),
+            ],
+            destination={
+                "auth": {"type": "header", "name": "Authorization", "value": "sandbox-token"},
+                "datamart_id": 1162,
+            },
+            batch={"max_bytes": "512KiB"},
+        ),
+        Case(
+            "bulk-records",
+            "http.bulk",
+            "/bulk/v1",
+            lambda i: {"id": i, "kind": "demo"},
+            "id",
+            share // 2,
+            bad=[("rejected", orjson.dumps({"id": -1, "reject": True}))],
+            destination={"auth": BEARER, "path": "/records", "body": "ndjson", "errors_pointer": "/errors"},
+        ),
+    ]
 
 
 def run_demo(records: int = 20_000) -> int:
@@ -53,39 +131,50 @@ def run_demo(records: int = 20_000) -> int:
     print("activity-connector demo: starting Kafka (the first run fetches its jars from Maven Central)...")
     bootstrap, broker = broker_from_env()
     sandbox = SandboxProcess()
+    ok = True
     try:
         sandbox.start()
         control = SandboxClient(sandbox.url)
-        # A modest rate limit so the summary shows how 429s are handled.
-        control.configure(API, rate_limit={"mode": "fixed_window", "limit": 20, "window_seconds": 1})
+        # A modest rate limit on one API, so the summary shows how 429s are handled.
+        control.configure(
+            "rally_uxr.activities", rate_limit={"mode": "fixed_window", "limit": 20, "window_seconds": 1}
+        )
         run = uuid.uuid4().hex[:8]
-        topic, dlq = f"demo.{run}.rally-uxr.activities", f"demo.{run}.rally-uxr.activities.dlq"
-        create_topic(bootstrap, topic, partitions=4)
-        create_topic(bootstrap, dlq, partitions=1)
-
-        bad = bad_events()
-        n_good = records - len(bad)
-        good = list(json_events(uxr_activity(i) for i in range(n_good)))
-        # Spread the bad records through the good ones, as they would arrive in real life.
-        step = max(1, n_good // len(bad))
-        mixed: list[Event] = []
-        bad_iter = iter(bad)
-        for i, event in enumerate(good):
-            mixed.append(event)
-            if i % step == 0:
-                nxt = next(bad_iter, None)
-                if nxt is not None:
-                    mixed.append(nxt[1])
-        mixed.extend(e for _, e in bad_iter)
-        produce(bootstrap, topic, mixed)
-        print(f"produced {len(mixed)} events to {topic} ({len(bad)} bad on purpose)")
-
-        settings = parse_settings(_config(bootstrap, sandbox.url, topic, dlq, run), env={})
+        sinks = []
+        demo_cases = cases(records)
+        for case in demo_cases:
+            topic = f"demo.{run}.{case.sink}"
+            create_topic(bootstrap, topic, partitions=4)
+            create_topic(bootstrap, f"{topic}.dlq", partitions=1)
+            events = [
+                Event(str(p.get(case.key)).encode(), orjson.dumps(p))
+                for p in map(case.make, range(case.count))
+            ]
+            step = max(1, len(events) // (len(case.bad) + 1))
+            for n, (_, value) in enumerate(case.bad):  # spread the bad ones through the good ones
+                events.insert((n + 1) * step, Event(b"bad", value))
+            produce(bootstrap, topic, events)
+            sinks.append(_sink(case, topic, sandbox.url, run))
+            print(f"produced {len(events):>6} events for {case.api:<30} ({len(case.bad)} bad on purpose)")
+        settings = parse_settings(
+            {
+                "kafka": {"bootstrap.servers": bootstrap, "log_level": 3},
+                "metrics": {"listen": "127.0.0.1:0"},
+                "sinks": sinks,
+            },
+            env={},
+        )
         started = time.monotonic()
         with ConnectorThread(settings) as connector:
-            connector.wait_drained(bootstrap, [topic], timeout=300)
+            connector.wait_drained(bootstrap, [s["topics"][0] for s in sinks], timeout=600)
             elapsed = time.monotonic() - started
-            ok = _summary(connector, control, len(mixed), n_good, bad, elapsed)
+            for case, pipeline in zip(demo_cases, connector.app.sinks, strict=True):
+                ok &= _summary(case, pipeline.m, control)
+        total = sum(c.count + len(c.bad) for c in demo_cases)
+        print(
+            f"\n{total} records through 5 destinations in {elapsed:.1f} s ({total / elapsed:,.0f} records/s)"
+        )
+        print("result: " + ("OK: every record delivered or dead-lettered once" if ok else "MISMATCH"))
     finally:
         sandbox.stop()
         if broker is not None:
@@ -94,56 +183,32 @@ def run_demo(records: int = 20_000) -> int:
     return 0 if ok else 1
 
 
-def _config(bootstrap: str, sandbox_url: str, topic: str, dlq: str, run: str) -> dict[str, Any]:
+def _sink(case: Case, topic: str, sandbox_url: str, run: str) -> dict[str, Any]:
     return {
-        "kafka": {"bootstrap.servers": bootstrap, "log_level": 3},
-        "metrics": {"listen": "127.0.0.1:0"},
-        "sinks": [
-            {
-                "name": "uxr-activities",
-                "topics": [topic],
-                "group_id": f"demo.{run}",
-                "destination": {
-                    "type": API,
-                    "url": f"{sandbox_url}/rally-uxr/api/public/v1",
-                    "auth": {"type": "bearer", "token": "sandbox-token"},
-                },
-                "batch": {"max_records": 1000, "max_bytes": "256KiB", "max_wait": "200ms"},
-                "delivery": {"concurrency": 4, "retry": {"initial_backoff": "100ms", "max_backoff": "2s"}},
-                "dead_letter": {"topic": dlq},
-            }
-        ],
+        "name": case.sink,
+        "topics": [topic],
+        "group_id": f"demo.{run}.{case.sink}",
+        "destination": {"type": case.api, "url": sandbox_url + case.url_path, **case.destination},
+        "batch": {"max_wait": "200ms", **case.batch},
+        "delivery": {"concurrency": 4, "retry": {"initial_backoff": "100ms", "max_backoff": "2s"}},
+        "dead_letter": {"topic": f"{topic}.dlq"},
     }
 
 
-def _summary(
-    connector: ConnectorThread,
-    control: SandboxClient,
-    produced: int,
-    n_good: int,
-    bad: list[tuple[str, Event]],
-    elapsed: float,
-) -> bool:
-    m = connector.app.sinks[0].m
+def _summary(case: Case, m: Any, control: SandboxClient) -> bool:
+    expected = Counter(reason for reason, _ in case.bad)
+    dead = {r: int(m.value("records_dead_lettered_total", reason=r)) for r in sorted(expected)}
     delivered = int(m.value("records_delivered_total"))
-    reasons = sorted({r for r, _ in bad})
-    dead = {r: int(m.value("records_dead_lettered_total", reason=r)) for r in reasons}
-    expected = {r: len(list(g)) for r, g in itertools.groupby(sorted(r for r, _ in bad))}
-    accepted = control.stats(API)["accepted"]
+    recorded = control.stats(case.api)["accepted"]
+    good = case.count + expected["import_failed"]  # accepted first, failed later in the import
     batches = {
         o: int(m.value("batches_sent_total", outcome=o)) for o in ("success", "partial", "retried", "failed")
     }
-    print()
-    print(f"=== summary: {API} (sink uxr-activities) ===")
-    print(f"produced            {produced}")
-    print(f"delivered           {delivered}  (sandbox recorded {accepted}; expected {n_good})")
-    print(f"dead-lettered       {sum(dead.values())}")
-    for reason in reasons:
-        print(f"  {reason:<17} {dead[reason]}  (expected {expected[reason]})")
-    print(f"requests            {batches}")
-    print(f"429 answers         {int(m.value('rate_limited_total'))}")
-    print(f"rate-limit stalls   {m.value('rate_limit_stall_seconds_total'):.1f} s")
-    print(f"records/s           {produced / elapsed:,.0f}  ({elapsed:.1f} s until everything was settled)")
-    ok = delivered == n_good == accepted and dead == expected
-    print("result              " + ("OK: every record delivered or dead-lettered once" if ok else "MISMATCH"))
-    return ok
+    print(f"\n=== {case.api} (sink {case.sink}) ===")
+    print(f"delivered          {delivered}  (the sandbox recorded {recorded}; expected {good})")
+    for reason in sorted(expected):
+        print(f"dead-lettered      {reason:<17} {dead[reason]}  (expected {expected[reason]})")
+    print(f"requests           {batches}")
+    stalled = m.value("rate_limit_stall_seconds_total")
+    print(f"429 answers        {int(m.value('rate_limited_total'))}, stalled {stalled:.1f} s")
+    return delivered == good and dead == dict(expected)

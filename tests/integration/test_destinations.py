@@ -57,7 +57,10 @@ def test_rally_uxr_people(kafka_bootstrap: str, sandbox_url: str, sandbox: Sandb
         people[30]["email"]: "import_failed",
     }
     people[10] = {k: v for k, v in people[10].items() if k != "email"}
-    people[20] = {**people[20], "properties": [{"propertyId": "p", "name": "both", "propertyType": "STRING", "value": "x"}]}
+    people[20] = {
+        **people[20],
+        "properties": [{"propertyId": "p", "name": "both", "propertyType": "STRING", "value": "x"}],
+    }
     people[30] = {**people[30], "email": "fail-later-30@example.com"}
     del bad[uxr_person(10)["email"]]
     produce(kafka_bootstrap, topic, _events(people, "email"))
