@@ -162,7 +162,8 @@ def main() -> None:
         pacing = rate_limit_efficiency(bootstrap, sandbox.url, seconds=seconds, limit=10, window=5)
         print(
             f"[pacing] rate-limit efficiency: {pacing['efficiency']:.1%} of the budget used "
-            f"({pacing['used']}/{pacing['budget']} requests in {pacing['whole_windows']} whole windows), "
+            f"({pacing['used']}/{pacing['budget']} requests in {pacing['whole_windows']} whole windows: "
+            f"{pacing['imports']} imports, {pacing['status_polls']} status polls), "
             f"429s: {pacing['rate_limited']} of {pacing['requests']} requests ({pacing['share_429']:.2%})",
             flush=True,
         )

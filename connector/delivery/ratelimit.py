@@ -23,26 +23,42 @@ from connector.metrics import SinkMetrics
 Clock = Callable[[], float]
 
 
+PROBE_TIMEOUT = 1.0  # seconds to wait for the answer to a new window's first request before trusting none
+
+
 class Budget:
-    """What the API said of its window, turned into the earliest time the next request may start. Pure."""
+    """What the API said of its window, turned into the earliest time the next request may start. Pure.
+
+    When a window ends, its successor's budget is unknown until an answer tells. Starting every waiting
+    request at once then would spend the window in a burst, and answers arriving out of order would make
+    the estimate undercount; so one request goes first and the others wait for its answer (at most
+    PROBE_TIMEOUT).
+    """
 
     def __init__(self) -> None:
         self.remaining: int | None = None  # requests we may still start in this window (our estimate)
         self.reset_at = 0.0  # monotonic time the window ends
         self.next_start = 0.0  # monotonic time pacing allows the next request
+        self.paced = False  # the API has sent X-RateLimit-* headers
+        self.probe_until = 0.0  # a new window's first request is out; the others wait until its answer
 
     def earliest(self, now: float) -> float:
-        if self.remaining is None:
-            return now
-        if now >= self.reset_at:
+        if self.remaining is not None and now >= self.reset_at:
             self.remaining = None  # a new window: unknown until the next answer tells
+        if self.remaining is None:
+            if now < self.probe_until:
+                return min(self.probe_until, now + 0.01)  # re-checked soon: the answer may be in
             return now
         if self.remaining <= 0:
             return self.reset_at
         return max(now, self.next_start)
 
     def started(self, now: float) -> None:
-        if self.remaining is not None and now < self.reset_at:
+        if self.remaining is None:
+            if self.paced:
+                self.probe_until = now + PROBE_TIMEOUT
+            return
+        if now < self.reset_at:
             self.remaining -= 1
             self.next_start = now + (self.reset_at - now) / (max(self.remaining, 0) + 1)
 
@@ -51,6 +67,8 @@ class Budget:
 
         `started_since` requests were started after the answered one, so the server has not counted them.
         """
+        self.paced = True
+        self.probe_until = 0.0
         reset_at = now + max(0.0, reset_in)
         estimate = remaining - started_since
         if self.remaining is None or reset_at > self.reset_at + 0.5:
@@ -105,15 +123,23 @@ class RateLimiter:
                 while (start := self._earliest(now)) > now:
                     await asyncio.sleep(start - now)
                     now = self._clock()
+                    self.account_stall()
             finally:
                 self._waiting -= 1
                 if self._waiting == 0:
-                    self._m.stall_seconds.inc(self._clock() - self._stalled_since)
+                    self.account_stall()
                     self._m.stalled.set(0)
         self._next_static = now + self._interval
         self.budget.started(now)
         self.started += 1
         return self.started
+
+    def account_stall(self) -> None:
+        """Add the stall time so far to the counter, so a scrape during a long stall sees it growing."""
+        if self._waiting > 0:
+            now = self._clock()
+            self._m.stall_seconds.inc(max(0.0, now - self._stalled_since))
+            self._stalled_since = now
 
     def observe(self, status: int, headers: Mapping[str, str], number: int) -> None:
         """Learn from an answer to request `number`."""

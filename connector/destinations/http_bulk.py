@@ -95,17 +95,25 @@ class HttpBulk(Destination):
         if not self.errors_pointer:
             return Success()
         try:
-            errors = resolve_pointer(orjson.loads(body), str(self.errors_pointer)) if body.strip() else []
-            rejected: dict[int, str] = {}
-            for error in errors or []:
+            document = orjson.loads(body) if body.strip() else {}
+        except orjson.JSONDecodeError as exc:
+            return unreadable(self.type, f"unexpected 2xx answer (not JSON: {exc})")
+        try:
+            errors = resolve_pointer(document, str(self.errors_pointer))
+        except (KeyError, IndexError, ValueError):
+            return Success()  # nothing at the pointer: no record was refused
+        if errors is None:
+            return Success()
+        rejected: dict[int, str] = {}
+        try:
+            for error in errors:
                 index = int(error[self.index_field])
                 if not 0 <= index < len(batch):
                     return unreadable(self.type, f"error index {index} outside the request")
                 rejected[index] = str(error.get("message", error))
-        except KeyError:
-            return Success()  # no errors at the pointer: everything was taken
-        except (orjson.JSONDecodeError, TypeError, ValueError, IndexError) as exc:
-            return unreadable(self.type, f"unexpected 2xx answer ({type(exc).__name__}: {exc})")
+        except (KeyError, TypeError, ValueError) as exc:
+            # An error we cannot place on a record must not count its record as delivered.
+            return unreadable(self.type, f"unreadable error list ({type(exc).__name__}: {exc})")
         return Success(rejected=rejected)
 
     def read_refusal(self, status: int, body: bytes, request: Request, batch: Sequence[Record]) -> Reading:

@@ -12,6 +12,7 @@ Options: `datamart_id` (required), `ack: accepted | completed`, `import_name` (d
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -40,6 +41,8 @@ TERMINAL_OK = frozenset({"SUCCEEDED", "SUCCESS"})
 TERMINAL_FAILED = frozenset({"FAILED", "CANCELED", "LOST", "EXECUTOR_NOT_RESPONDING"})
 MIN_EPOCH_MS = 10**11  # smaller values are almost surely seconds, not milliseconds
 
+log = logging.getLogger(__name__)
+
 
 def _dollar(value: dict[str, Any]) -> dict[str, Any]:
     return {"$" + k: v for k, v in value.items() if v is not None}
@@ -66,8 +69,6 @@ class MediarithmicsUserActivities(Destination):
         present = [k for k in IDENTIFIERS if payload.get(k) is not None]
         if len(present) != 1:
             return f"exactly one user identifier per line ({', '.join(IDENTIFIERS)}), got {len(present)}"
-        if present[0] == "user_account_id" and payload.get("compartment_id") is None:
-            pass  # the datamart's default compartment applies
         if payload["ts"] < MIN_EPOCH_MS:
             return f"ts: {payload['ts']} looks like seconds; $ts is epoch milliseconds"
         for event in payload.get("events") or []:
@@ -154,14 +155,7 @@ class MediarithmicsUserActivities(Destination):
         if not 200 <= status < 300:
             return Pending()
         if request.context == "errors":
-            failed: dict[int, str] = {}
-            for raw in body.splitlines():
-                if raw.strip():
-                    item = orjson.loads(raw)
-                    index = int(item["line"]) - 1
-                    if 0 <= index < len(batch):
-                        failed[index] = str(item.get("error", "failed in the import"))
-            return Done(failed)
+            return self._read_error_file(body, batch)
         try:
             execution = orjson.loads(body)["data"]
             state = str(execution["status"])
@@ -177,3 +171,19 @@ class MediarithmicsUserActivities(Destination):
             uri = quote(str(result["error_file_uri"]), safe="")
             return FollowUp(Request("GET", f"/data_file/data?uri={uri}", b"", context="errors"))
         return Done({})
+
+    def _read_error_file(self, body: bytes, batch: Sequence[Record]) -> StatusReading:
+        """NDJSON lines `{"line": n, "error": "..."}`, n counting the execution's lines from 1."""
+        failed: dict[int, str] = {}
+        try:
+            for raw in body.splitlines():
+                if raw.strip():
+                    item = orjson.loads(raw)
+                    index = int(item["line"]) - 1
+                    if 0 <= index < len(batch):
+                        failed[index] = str(item.get("error", "failed in the import"))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            # The execution reported failures we cannot place: fail them all rather than call them delivered.
+            log.warning("%s: unreadable error file (%s); failing the whole execution", self.type, exc)
+            return Done(dict.fromkeys(range(len(batch)), "failed in the import (unreadable error file)"))
+        return Done(failed)

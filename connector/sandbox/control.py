@@ -30,6 +30,10 @@ class SandboxClient:
         result: list[dict[str, Any]] = self._ok(self._http.get(f"/_sandbox/{api}/accepted"))
         return result
 
+    def calls(self, api: str) -> list[tuple[float, str]]:
+        """[epoch seconds, "METHOD route"] per request that used the rate-limit budget."""
+        return [(float(t), str(c)) for t, c in self._ok(self._http.get(f"/_sandbox/{api}/calls"))]
+
     def timeline(self, api: str) -> list[tuple[float, int]]:
         """(epoch seconds, records accepted) for every request whose records were accepted."""
         return [(float(t), int(n)) for t, n in self._ok(self._http.get(f"/_sandbox/{api}/timeline"))]

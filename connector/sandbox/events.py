@@ -89,6 +89,7 @@ def produce(bootstrap: str, topic: str, events: Iterable[Event]) -> int:
         if count % 10000 == 0:
             producer.poll(0)
     remaining = producer.flush(60)
+    producer.close()
     if remaining or failures:
         raise RuntimeError(f"producing to {topic}: {remaining} unacknowledged, errors: {failures[:3]}")
     return count

@@ -26,7 +26,8 @@ def rate_limit_efficiency(
 ) -> dict[str, Any]:
     """Run against a fixed-window limit with X-RateLimit-* headers; how much of the budget was used?
 
-    Only whole windows after the connector's first answer count: before it, the budget is unknown.
+    Import requests and the status polls that follow each import share the budget, as on the real API.
+    Only whole windows after the connector's first request count: before it, the budget is unknown.
     """
     control = SandboxClient(sandbox_url)
     control.reset()
@@ -64,12 +65,13 @@ def rate_limit_efficiency(
         stopped_at = time.time()
         connector.stop()
     stats = control.stats(API)
-    timeline = [t for t, _ in control.timeline(API)]
-    first = math.ceil(timeline[0] / window) * window
+    calls = control.calls(API)
+    first = math.ceil(calls[0][0] / window) * window
     # Shutdown goes on sending what was buffered; count only windows of the run itself.
-    last = math.floor(min(timeline[-1], stopped_at) / window) * window
+    last = math.floor(min(calls[-1][0], stopped_at) / window) * window
     windows = max(0, int((last - first) / window))
-    used = sum(1 for t in timeline if first <= t < first + windows * window)
+    inside = [route for t, route in calls if first <= t < first + windows * window]
+    imports = sum(1 for route in inside if route.startswith("POST"))
     requests = sum(stats["requests"].values())  # over the whole run, shutdown included
     return {
         "seconds": seconds,
@@ -77,8 +79,11 @@ def rate_limit_efficiency(
         "window_seconds": window,
         "whole_windows": windows,
         "budget": limit * windows,
-        "used": used,
-        "efficiency": used / (limit * windows) if windows else 0.0,
+        "used": len(inside),
+        "efficiency": len(inside) / (limit * windows) if windows else 0.0,
+        "imports": imports,
+        "status_polls": len(inside) - imports,
+        "polls_per_import": (len(inside) - imports) / imports if imports else 0.0,
         "requests": requests,
         "rate_limited": stats["rate_limited"],
         "share_429": stats["rate_limited"] / requests if requests else 0.0,

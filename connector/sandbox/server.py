@@ -6,7 +6,8 @@ Control endpoints (no auth): `GET /_sandbox/health`, `POST /_sandbox/reset`,
 {client_id, client_secret, expires_in}), `POST /_sandbox/oauth/revoke`, `GET /_sandbox/oauth/stats`, and
 per API (`rally_uxr.activities`, ...): `POST /_sandbox/{api}/config`, `GET /_sandbox/{api}/accepted`,
 `GET /_sandbox/{api}/stats`, `GET /_sandbox/{api}/timeline` ([epoch seconds, records] per accepted
-request). In tests and the benchmark it runs as its own process (`SandboxProcess`) so
+request), `GET /_sandbox/{api}/calls` ([epoch seconds, "METHOD route"] per request that used the
+rate-limit budget). In tests and the benchmark it runs as its own process (`SandboxProcess`) so
 it never competes with the connector for the interpreter.
 """
 
@@ -89,6 +90,9 @@ def build_app() -> web.Application:
     async def timeline(request: web.Request) -> web.Response:
         return json(find(request).timeline)
 
+    async def calls(request: web.Request) -> web.Response:
+        return json(find(request).calls)
+
     async def oauth_token(request: web.Request) -> web.Response:
         form = await request.post()
         if form.get("grant_type") != "client_credentials":
@@ -128,6 +132,7 @@ def build_app() -> web.Application:
     app.router.add_get("/_sandbox/{api}/accepted", accepted)
     app.router.add_get("/_sandbox/{api}/stats", stats)
     app.router.add_get("/_sandbox/{api}/timeline", timeline)
+    app.router.add_get("/_sandbox/{api}/calls", calls)
     app.router.add_post("/_sandbox/refuse_connections", refuse_connections)
     return app
 

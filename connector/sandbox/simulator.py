@@ -101,6 +101,8 @@ class Simulator:
         self.window_count = 0
         self.resets = 0
         self.timeline: list[tuple[float, int]] = []  # (epoch seconds, records accepted) per accepted request
+        # (epoch seconds, "METHOD route") per request that used the rate-limit budget: imports, status polls
+        self.calls: list[tuple[float, str]] = []
 
     def configure(self, changes: dict[str, Any]) -> None:
         unknown = set(changes) - set(DEFAULTS)
@@ -165,6 +167,9 @@ class Simulator:
             refusal = self._rate_limit(limit, headers)
             if refusal is not None:
                 return refusal, {}
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else request.path
+        self.calls.append((time.time(), f"{request.method} {route.removeprefix(self.prefix)}"))
         if s["fail_rate"] and self.rng.random() < s["fail_rate"]:
             status = self.rng.choice(s["fail_statuses"])
             return self.answer(status, text="Injected failure", headers=headers), {}

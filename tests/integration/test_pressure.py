@@ -40,7 +40,8 @@ def test_pacing_uses_the_budget_without_burning_it_in_429s(kafka_bootstrap: str,
     result = rate_limit_efficiency(kafka_bootstrap, sandbox_url, seconds=60, limit=10, window=5)
     print(f"\nrate-limit efficiency: {result}")
     assert result["whole_windows"] >= 10
-    assert result["efficiency"] >= 0.95
+    assert result["efficiency"] >= 0.95  # imports and status polls share the budget, as on the real API
+    assert result["polls_per_import"] <= 1.2  # the status of an import is asked about once, mostly
     assert result["share_429"] < 0.01
     assert result["stall_seconds"] > 0
 

@@ -3,6 +3,8 @@
 import asyncio
 import itertools
 
+import pytest
+
 from connector.delivery.concurrency import Aimd
 from connector.delivery.ratelimit import Budget, RateLimiter
 from connector.metrics import Metrics
@@ -37,6 +39,23 @@ def test_budget_takes_requests_in_flight_off_the_servers_count() -> None:
     assert b.remaining == 0 and b.earliest(1.0) == 10.0
     b.learn(remaining=5, reset_in=20.0, started_since=0, now=10.5)  # a new window
     assert b.remaining == 5
+
+
+def test_a_new_window_starts_with_one_request_not_a_burst() -> None:
+    b = Budget()
+    b.learn(remaining=0, reset_in=10.0, started_since=0, now=0.0)
+    assert b.earliest(5.0) == 10.0  # spent: every waiter sleeps until the reset
+    assert b.earliest(10.0) == 10.0  # the window turned: one request may go ...
+    b.started(10.0)
+    assert 10.0 < b.earliest(10.0) <= 10.0 + 0.01  # ... the others wait for its answer
+    assert b.earliest(10.5) > 10.5
+    b.learn(remaining=9, reset_in=9.4, started_since=0, now=10.6)  # the answer: paced again
+    assert b.earliest(10.6) == pytest.approx(10.6 + 9.4 / 10)
+    # An answer that never comes (a timeout) holds the others back for at most PROBE_TIMEOUT.
+    b2 = Budget()
+    b2.learn(remaining=0, reset_in=1.0, started_since=0, now=0.0)
+    b2.started(1.0)
+    assert b2.earliest(2.0) == 2.0
 
 
 def test_out_of_order_answers_keep_the_lower_estimate() -> None:
