@@ -20,6 +20,7 @@ from tests.integration.support import destination, headers_of, read_topic, setti
 pytestmark = pytest.mark.integration
 
 N = 5000
+SORTED = orjson.OPT_SORT_KEYS
 
 
 def _topic(name: str, bootstrap: str, partitions: int = 4) -> str:
@@ -269,3 +270,31 @@ def _ends(bootstrap: str, topic: str) -> dict[int, int]:
     from connector.sandbox.kafka_broker import end_offsets
 
     return end_offsets(bootstrap, topic)
+
+
+def test_one_topic_feeds_two_sinks_each_with_its_own_group(
+    kafka_bootstrap: str, sandbox_url: str, sandbox: SandboxClient
+) -> None:
+    topic = _topic("fanout", kafka_bootstrap)
+    activities = [uxr_activity(i) for i in range(2000)]
+    produce(kafka_bootstrap, topic, _events(activities, "personId"))
+    settings = settings_of(
+        kafka_bootstrap,
+        sink("to-uxr", topic, destination("rally_uxr.activities", sandbox_url)),
+        sink("to-bulk", topic, destination("http.bulk", sandbox_url, body="ndjson")),
+    )
+    with ConnectorThread(settings) as connector:
+        connector.wait_drained(kafka_bootstrap, [topic], timeout=120)
+
+    def canonical(items: list[dict[str, Any]]) -> list[bytes]:
+        drop = {"importId"}  # the simulator notes which import took each activity
+        return sorted(
+            orjson.dumps({k: v for k, v in a.items() if k not in drop and v is not None}, option=SORTED)
+            for a in items
+        )
+
+    assert canonical(sandbox.accepted("http.bulk")) == canonical(activities)
+    assert canonical(sandbox.accepted("rally_uxr.activities")) == canonical(activities)
+    ends = _ends(kafka_bootstrap, topic)
+    for s in settings.sinks:
+        assert committed_offsets(kafka_bootstrap, s.group_id, topic) == ends
