@@ -33,3 +33,12 @@ def sandbox(sandbox_url: str) -> SandboxClient:
     client = SandboxClient(sandbox_url)
     client.reset()
     return client
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from tests.integration.support import FIGURES
+
+    if FIGURES:
+        terminalreporter.section("figures measured in this run")
+        for line in FIGURES:
+            terminalreporter.write_line(line)

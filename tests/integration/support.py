@@ -115,3 +115,11 @@ def settings_of(bootstrap: str, *sinks: dict[str, Any]) -> Settings:
         "sinks": list(sinks),
     }
     return parse_settings(doc, env={})
+
+
+FIGURES: list[str] = []
+
+
+def figure(text: str) -> None:
+    """A measured figure, printed in the test run's summary (so `make test` shows it without -s)."""
+    FIGURES.append(text.strip())

@@ -18,7 +18,7 @@ from connector.sandbox.control import SandboxClient
 from connector.sandbox.events import json_events, produce, uxr_activity
 from connector.sandbox.harness import drained
 from connector.sandbox.kafka_broker import committed_offsets, create_topic, end_offsets
-from tests.integration.support import API
+from tests.integration.support import API, figure
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +96,7 @@ def test_sigkill_mid_run_then_restart_loses_nothing(
     seqs = Counter(int(a["participantId"].removeprefix("seq-")) for a in sandbox.accepted(API))
     missing = set(range(RECORDS)) - set(seqs)
     duplicates = sum(c - 1 for c in seqs.values())
-    print(
+    figure(
         f"\nSIGKILL after {at_kill} accepted: {RECORDS} records, "
         f"{duplicates} duplicates, {len(missing)} missing"
     )

@@ -15,7 +15,7 @@ from connector.sandbox.control import SandboxClient
 from connector.sandbox.events import Event, crm_activity, mics_activity, produce, uxr_activity, uxr_person
 from connector.sandbox.harness import ConnectorThread
 from connector.sandbox.kafka_broker import committed_offsets, create_topic
-from tests.integration.support import destination, headers_of, read_topic, settings_of, sink
+from tests.integration.support import destination, figure, headers_of, read_topic, settings_of, sink
 
 pytestmark = pytest.mark.integration
 
@@ -257,7 +257,7 @@ def test_three_sinks_in_one_process_one_rate_limited(
         uxr = connector.app.sinks[0].m
         uxr_delivered = uxr.value("records_delivered_total")
         stalled = uxr.value("rate_limit_stall_seconds_total")
-    print(
+    figure(
         f"\nthree sinks: crm drained in {seconds['crm']:.1f} s, bulk in {seconds['bulk']:.1f} s; "
         f"uxr (rate-limited) delivered {uxr_delivered:.0f} of {N}, stalled {stalled:.1f} s"
     )

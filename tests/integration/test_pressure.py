@@ -16,7 +16,7 @@ from connector.sandbox.events import json_events, produce, uxr_activity
 from connector.sandbox.harness import ConnectorProcess, ConnectorThread, drained
 from connector.sandbox.kafka_broker import committed_offsets, create_topic
 from connector.sandbox.scenarios import rate_limit_efficiency
-from tests.integration.support import API, read_topic, uxr_settings
+from tests.integration.support import API, figure, read_topic, uxr_settings
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +38,7 @@ def _delivered(sandbox: SandboxClient) -> Counter[int]:
 
 def test_pacing_uses_the_budget_without_burning_it_in_429s(kafka_bootstrap: str, sandbox_url: str) -> None:
     result = rate_limit_efficiency(kafka_bootstrap, sandbox_url, seconds=60, limit=10, window=5)
-    print(f"\nrate-limit efficiency: {result}")
+    figure(f"\nrate-limit efficiency: {result}")
     assert result["whole_windows"] >= 10
     assert result["efficiency"] >= 0.95  # imports and status polls share the budget, as on the real API
     assert result["polls_per_import"] <= 1.2  # the status of an import is asked about once, mostly
@@ -115,7 +115,7 @@ def test_outage_loses_nothing_keeps_memory_flat_and_resumes_fast(
     finally:
         connector.kill()
     log = connector.log()
-    print(
+    figure(
         f"\noutage ({kind}): RSS before {baseline / 2**20:.1f} MiB, "
         f"peak during {max(during) / 2**20:.1f} MiB, delivery resumed {resumed:.2f} s after the end; "
         f"accepted during the outage: {accepted_during}"
@@ -171,7 +171,7 @@ def test_chaos_5xx_timeouts_and_429_bursts_deliver_everything(
     counts = _delivered(sandbox)
     duplicates = sum(c - 1 for c in counts.values())
     stats = sandbox.stats(API)
-    print(f"\nchaos: {records} records, {duplicates} duplicates; sandbox answers {stats['requests']}")
+    figure(f"\nchaos: {records} records, {duplicates} duplicates; sandbox answers {stats['requests']}")
     assert set(counts) == set(range(records))
     assert read_topic(kafka_bootstrap, f"{topic}.dlq", 0, timeout=3) == []
     assert m.value("records_dead_lettered_total", reason="retries_exhausted") == 0
@@ -205,7 +205,7 @@ def test_a_second_process_joins_and_leaves_mid_run_without_loss(
         a.wait_drained(kafka_bootstrap, [topic], timeout=180)
     counts = _delivered(sandbox)
     duplicates = sum(c - 1 for c in counts.values())
-    print(
+    figure(
         f"\nrebalance: {records} records, {duplicates} duplicates; "
         f"the second process consumed {b_consumed:.0f}"
     )
@@ -249,7 +249,7 @@ def test_oauth2_token_cached_refreshed_before_expiry_and_after_revocation(
         connector.wait_drained(kafka_bootstrap, [topic], timeout=120)
     stats = sandbox.stats(API)
     issued = sandbox.oauth_stats()["issued"]
-    print(f"\noauth2: {issued} tokens for {stats['requests']} answers")
+    figure(f"\noauth2: {issued} tokens for {stats['requests']} answers")
     assert set(_delivered(sandbox)) == set(range(3000))
     assert stats["requests"].get("401", 0) == 1
     assert 2 <= issued <= stats["requests"]["202"] // 5  # cached, not fetched per request
