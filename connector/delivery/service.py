@@ -280,8 +280,12 @@ class DeliveryService:
         return Done(dict.fromkeys(range(len(tracked.records)), message))
 
     async def _send(self, request: Request, records: int) -> _Answer:
+        """One request. `records` is how many it carries: 0 for setup and status requests, which share the
+        rate-limit budget but not the concurrency limit. They are small and fast; their round trips would
+        drag down the average the AIMD limiter compares import requests against, and halve it for nothing.
+        """
         number = await self.rate_limiter.acquire()
-        saturated = await self.concurrency.acquire()
+        saturated = await self.concurrency.acquire() if records else False
         if records:
             self._m.batch_records.observe(records)
             self._m.batch_bytes.observe(len(request.content))
@@ -301,7 +305,9 @@ class DeliveryService:
             log.warning("%s: no answer (%s)", self.destination.type, type(exc).__name__)
             answer = _Answer(None, b"", None, "connection")
         rtt = time.monotonic() - started
-        self.concurrency.release(rtt, answer.status is None or answer.status in OVERLOAD_STATUSES, saturated)
+        if records:
+            overloaded = answer.status is None or answer.status in OVERLOAD_STATUSES
+            self.concurrency.release(rtt, overloaded, saturated)
         self._m.request_duration.observe(rtt)
         if answer.status is None:
             self._m.http("error")

@@ -90,7 +90,9 @@ class _RallyUxrImport(Destination):
             return Pending()
         if state == "ERROR" and failed_records is None:
             return Done(dict.fromkeys(range(len(batch)), "the import failed (status ERROR)"))
-        names = {str(v) for item in failed_records or [] for v in item.values() if v is not None}
+        if not failed_records:
+            return Done()  # the common case: nothing to match, so no record is looked at
+        names = {str(v) for item in failed_records for v in item.values() if v is not None}
         failed = {
             i: f"failed in import ({state})"
             for i, record in enumerate(batch)
@@ -123,23 +125,24 @@ class RallyUxrActivities(_RallyUxrImport):
         return None
 
     def build(self, batch: Sequence[Record]) -> Request:
-        people: dict[str, list[dict[str, Any]]] = {}
-        positions: dict[str, list[int]] = {}
+        # person → (their activities, the batch index of each), in first-seen order
+        people: dict[str, tuple[list[dict[str, Any]], list[int]]] = {}
         for index, record in enumerate(batch):
             p = record.payload
             activity = {"type": p["type"], "activityAt": p["activityAt"]}
-            if p.get("participantId") is not None:
-                activity["participantId"] = p["participantId"]
-            person = p["personId"]
-            if person in people:
-                people[person].append(activity)
-                positions[person].append(index)
-            else:
-                people[person] = [activity]
-                positions[person] = [index]
-        body = {"peopleActivities": [{"personId": k, "activities": v} for k, v in people.items()]}
+            participant = p.get("participantId")
+            if participant is not None:
+                activity["participantId"] = participant
+            group = people.get(p["personId"])
+            if group is None:
+                group = people[p["personId"]] = ([], [])
+            group[0].append(activity)
+            group[1].append(index)
+        body = {"peopleActivities": [{"personId": k, "activities": v[0]} for k, v in people.items()]}
         # context: for each person's position in the request, the batch index of each of its activities
-        return Request("POST", "/activities/import", orjson.dumps(body), context=list(positions.values()))
+        return Request(
+            "POST", "/activities/import", orjson.dumps(body), context=[v[1] for v in people.values()]
+        )
 
     def read_success(self, status: int, body: bytes, request: Request, batch: Sequence[Record]) -> Reading:
         try:
