@@ -40,6 +40,9 @@ class Case:
     bad: list[tuple[str, bytes]] = field(default_factory=list)  # (expected reason, value)
     destination: dict[str, Any] = field(default_factory=dict)
     batch: dict[str, Any] = field(default_factory=dict)
+    # Whether the simulator's record of what it accepted keeps records its import fails later (Rally UXR
+    # takes them at the 202 and fails them in the import; mediarithmics never lands a line that failed).
+    recorded_keeps_failed: bool = True
 
 
 def cases(total: int) -> list[Case]:
@@ -111,6 +114,7 @@ def cases(total: int) -> list[Case]:
                 "datamart_id": 1162,
             },
             batch={"max_bytes": "512KiB"},
+            recorded_keeps_failed=False,
         ),
         Case(
             "bulk-records",
@@ -135,7 +139,8 @@ def run_demo(records: int = 20_000) -> int:
     try:
         sandbox.start()
         control = SandboxClient(sandbox.url)
-        # A modest rate limit on one API, so the summary shows how 429s are handled.
+        # A modest rate limit on one API (20 requests/s with X-RateLimit-* headers): the summary shows the
+        # connector pacing itself to it (stall time) instead of running into 429s.
         control.configure(
             "rally_uxr.activities", rate_limit={"mode": "fixed_window", "limit": 20, "window_seconds": 1}
         )
@@ -201,14 +206,15 @@ def _summary(case: Case, m: Any, control: SandboxClient) -> bool:
     delivered = int(m.value("records_delivered_total"))
     recorded = control.stats(case.api)["accepted"]
     good = case.count + expected["import_failed"]  # accepted first, failed later in the import
+    landed = good if case.recorded_keeps_failed else case.count
     batches = {
         o: int(m.value("batches_sent_total", outcome=o)) for o in ("success", "partial", "retried", "failed")
     }
     print(f"\n=== {case.api} (sink {case.sink}) ===")
-    print(f"delivered          {delivered}  (the sandbox recorded {recorded}; expected {good})")
+    print(f"delivered          {delivered}  (expected {good}; the sandbox recorded {recorded} of {landed})")
     for reason in sorted(expected):
         print(f"dead-lettered      {reason:<17} {dead[reason]}  (expected {expected[reason]})")
     print(f"requests           {batches}")
     stalled = m.value("rate_limit_stall_seconds_total")
     print(f"429 answers        {int(m.value('rate_limited_total'))}, stalled {stalled:.1f} s")
-    return delivered == good and dead == dict(expected)
+    return delivered == good and recorded == landed and dead == dict(expected)

@@ -251,7 +251,9 @@ def test_oauth2_token_cached_refreshed_before_expiry_and_after_revocation(
     issued = sandbox.oauth_stats()["issued"]
     figure(f"\noauth2: {issued} tokens for {stats['requests']} answers")
     assert set(_delivered(sandbox)) == set(range(3000))
-    assert stats["requests"].get("401", 0) == 1
+    # Only the requests in flight at the revocation see a 401 (concurrency 1: one import, plus perhaps one
+    # import status poll, which the concurrency limit does not gate); every later one has the new token.
+    assert 1 <= stats["requests"].get("401", 0) <= 2
     assert 2 <= issued <= stats["requests"]["202"] // 5  # cached, not fetched per request
 
 
