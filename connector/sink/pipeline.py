@@ -415,11 +415,6 @@ class SinkPipeline:
             self.consumer.close()
         except (KafkaException, RuntimeError) as exc:
             log.warning("%s: closing the consumer: %s", self.name, exc)
-        # Dead letters the broker has not acknowledged by now were never committed past: purging them loses
-        # nothing, and close() then cannot wait on an unreachable broker. Closing stops librdkafka's threads
-        # now rather than whenever the object is collected.
-        self.producer.purge()
-        self.producer.close()
         await self.client.aclose()
         if self._auth is not None:
             await self._auth.aclose()
