@@ -14,7 +14,7 @@ import pytest
 from connector.sandbox.control import SandboxClient
 from connector.sandbox.events import Event, crm_activity, mics_activity, produce, uxr_activity, uxr_person
 from connector.sandbox.harness import ConnectorThread
-from connector.sandbox.kafka_broker import committed_offsets, create_topic
+from connector.sandbox.kafka_broker import committed_offsets, create_topic, end_offsets
 from tests.integration.support import destination, figure, headers_of, read_topic, settings_of, sink
 
 pytestmark = pytest.mark.integration
@@ -248,9 +248,9 @@ def test_three_sinks_in_one_process_one_rate_limited(
         seconds = {}
         for name in ("crm", "bulk"):
             group = next(s.group_id for s in settings.sinks if s.name == name)
-            while committed_offsets(kafka_bootstrap, group, topics[name]) != {
-                p: o for p, o in _ends(kafka_bootstrap, topics[name]).items()
-            }:
+            while committed_offsets(kafka_bootstrap, group, topics[name]) != end_offsets(
+                kafka_bootstrap, topics[name]
+            ):
                 assert time.monotonic() - started < 60, f"{name} did not keep its pace"
                 time.sleep(0.2)
             seconds[name] = time.monotonic() - started
@@ -264,12 +264,6 @@ def test_three_sinks_in_one_process_one_rate_limited(
     assert len(sandbox.accepted("rally_crm.activities")) == N and len(sandbox.accepted("http.bulk")) == N
     assert uxr_delivered < N / 2  # the limited sink was still held back when the others were done
     assert stalled > 0
-
-
-def _ends(bootstrap: str, topic: str) -> dict[int, int]:
-    from connector.sandbox.kafka_broker import end_offsets
-
-    return end_offsets(bootstrap, topic)
 
 
 def test_one_topic_feeds_two_sinks_each_with_its_own_group(
@@ -295,6 +289,6 @@ def test_one_topic_feeds_two_sinks_each_with_its_own_group(
 
     assert canonical(sandbox.accepted("http.bulk")) == canonical(activities)
     assert canonical(sandbox.accepted("rally_uxr.activities")) == canonical(activities)
-    ends = _ends(kafka_bootstrap, topic)
+    ends = end_offsets(kafka_bootstrap, topic)
     for s in settings.sinks:
         assert committed_offsets(kafka_bootstrap, s.group_id, topic) == ends
