@@ -225,7 +225,9 @@ def test_metrics_health_and_readiness_endpoints(
     assert lines[f'activity_connector_records_consumed_total{{sink="uxr",topic="{topic}"}}'] == 500
     assert lines['activity_connector_records_delivered_total{sink="uxr"}'] == 500
     assert lines['activity_connector_http_requests_total{sink="uxr",status="202"}'] >= 1
-    assert lines['activity_connector_concurrency_limit{sink="uxr"}'] == 4
+    # The AIMD limit starts at 1 and grows with flat latency, so its value depends on timing; the
+    # metric must exist and stay within its bounds.
+    assert 1 <= lines['activity_connector_concurrency_limit{sink="uxr"}'] <= 4
     assert lines['activity_connector_batch_records_count{sink="uxr"}'] >= 1
     assert lines[f'activity_connector_consumer_lag{{partition="0",sink="uxr",topic="{topic}"}}'] == 0
     assert lines['activity_connector_commits_total{outcome="success",sink="uxr"}'] >= 1
