@@ -12,6 +12,7 @@ import signal
 import time
 
 from connector.config import Settings
+from connector.delivery.ratelimit import ApiWindows
 from connector.metrics import HealthServer, Metrics
 from connector.sink.pipeline import SinkPipeline
 
@@ -24,8 +25,10 @@ class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        windows = ApiWindows()  # one rate-limit budget per API and credential, whichever sinks use it
         self.sinks = [
-            SinkPipeline(s, settings.kafka, self.metrics, settings.shutdown_timeout) for s in settings.sinks
+            SinkPipeline(s, settings.kafka, self.metrics, settings.shutdown_timeout, windows=windows)
+            for s in settings.sinks
         ]
         self.health = HealthServer(self.metrics, self.alive, self.ready)
         self._loop: asyncio.AbstractEventLoop | None = None

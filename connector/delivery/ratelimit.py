@@ -1,6 +1,8 @@
 """Holding a destination's requests back: Retry-After, X-RateLimit-* pacing and a static ceiling.
 
-One RateLimiter per sink gates every request to its destination:
+One RateLimiter per sink gates every request to its destination. What the API says of its budget lives in
+an ApiWindow shared by every sink that sends to the same API (base URL) with the same credentials: an API
+counts its budget per tenant, not per sink, so two sinks pace from one estimate and a 429 holds them both.
 - a 429 holds *all* requests until `Retry-After` (or `X-RateLimit-Reset`) has passed;
 - every answer carrying `X-RateLimit-Limit/Remaining/Reset` tells what budget is left in the window; the
   requests started after the answered one are not in the server's count yet, so they are taken off it,
@@ -14,8 +16,9 @@ least one request waited, and `rate_limit_stalled` is 1 meanwhile.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from connector.delivery.retry import retry_after
 from connector.metrics import SinkMetrics
@@ -80,6 +83,27 @@ class Budget:
             self.next_start = now + (reset_at - now) / (self.remaining + 1)
 
 
+class ApiWindow:
+    """One API's rate-limit state for one credential, shared by the sinks that send to it."""
+
+    def __init__(self) -> None:
+        self.hold_until = 0.0  # monotonic time before which no request may start (after a 429)
+        self.budget = Budget()
+        self.started = 0  # requests started so far; a request's number tells what started after it
+
+
+class ApiWindows:
+    """The ApiWindow of each (base URL, credentials) pair in this process."""
+
+    def __init__(self) -> None:
+        self._windows: dict[str, ApiWindow] = {}
+
+    def get(self, url: str, secrets: Sequence[str]) -> ApiWindow:
+        # Keyed by a digest so the credentials are not kept around as dictionary keys.
+        key = hashlib.sha256("\0".join([url.rstrip("/"), *sorted(secrets)]).encode()).hexdigest()
+        return self._windows.setdefault(key, ApiWindow())
+
+
 class RateLimiter:
     def __init__(
         self,
@@ -87,28 +111,29 @@ class RateLimiter:
         requests_per_second: float | None = None,
         clock: Clock = time.monotonic,
         wall: Clock = time.time,
+        window: ApiWindow | None = None,
     ) -> None:
         self._m = metrics
         self._clock = clock
         self._wall = wall
         self._interval = 1.0 / requests_per_second if requests_per_second else 0.0
         self._next_static = 0.0
-        self.hold_until = 0.0  # monotonic time before which no request may start
-        self.budget = Budget()
-        self.started = 0  # requests started so far; a request's number tells what started after it
+        self.window = window or ApiWindow()
         self._waiting = 0
         self._stalled_since = 0.0
 
     def held(self) -> bool:
         """Whether requests are being held back right now (the pipeline pauses its partitions then)."""
-        return self._waiting > 0 or self._clock() < self.hold_until
+        return self._waiting > 0 or self._clock() < self.window.hold_until
 
     def hold(self, seconds: float) -> None:
-        """Hold every request of this destination for `seconds` from now."""
-        self.hold_until = max(self.hold_until, self._clock() + seconds)
+        """Hold every request to this API (from every sink sharing its window) for `seconds` from now."""
+        w = self.window
+        w.hold_until = max(w.hold_until, self._clock() + seconds)
 
     def _earliest(self, now: float) -> float:
-        return max(self.hold_until, self._next_static, self.budget.earliest(now))
+        w = self.window
+        return max(w.hold_until, self._next_static, w.budget.earliest(now))
 
     async def acquire(self) -> int:
         """Wait until a request may start; returns the request's number for `observe`."""
@@ -130,9 +155,10 @@ class RateLimiter:
                     self.account_stall()
                     self._m.stalled.set(0)
         self._next_static = now + self._interval
-        self.budget.started(now)
-        self.started += 1
-        return self.started
+        w = self.window
+        w.budget.started(now)
+        w.started += 1
+        return w.started
 
     def account_stall(self) -> None:
         """Add the stall time so far to the counter, so a scrape during a long stall sees it growing."""
@@ -147,7 +173,7 @@ class RateLimiter:
         remaining = _int(headers.get("x-ratelimit-remaining"))
         reset_in = self._reset_in(headers)
         if remaining is not None and reset_in is not None:
-            self.budget.learn(remaining, reset_in, self.started - number, now)
+            self.window.budget.learn(remaining, reset_in, self.window.started - number, now)
         if status == 429:
             wait = retry_after(headers.get("retry-after"))
             if wait is None:

@@ -24,7 +24,7 @@ import httpx
 
 from connector.config import DeliverySettings
 from connector.delivery.concurrency import ConcurrencyLimiter
-from connector.delivery.ratelimit import RateLimiter
+from connector.delivery.ratelimit import ApiWindow, RateLimiter
 from connector.delivery.retry import OVERLOAD_STATUSES, RETRY_STATUSES, STOP_STATUSES, Backoff, decide
 from connector.destinations.base import (
     Destination,
@@ -102,6 +102,7 @@ class DeliveryService:
         *,
         fail_on_error: bool = False,
         secrets: Sequence[str] = (),
+        window: ApiWindow | None = None,
     ) -> None:
         self.destination = destination
         self._client = client
@@ -109,7 +110,7 @@ class DeliveryService:
         self._m = metrics
         self._fail_on_error = fail_on_error
         self._secrets = [s for s in secrets if s]
-        self.rate_limiter = RateLimiter(metrics, settings.requests_per_second)
+        self.rate_limiter = RateLimiter(metrics, settings.requests_per_second, window=window)
         self.concurrency = ConcurrencyLimiter(settings.concurrency, metrics)
         self._backoff = Backoff(settings.retry.initial_backoff, settings.retry.max_backoff)
         self._failures_in_a_row = 0

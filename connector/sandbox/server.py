@@ -39,9 +39,10 @@ REFUSE: web.AppKey[dict[str, Callable[[float], Awaitable[None]]]] = web.AppKey("
 
 
 def simulators() -> list[Simulator]:
+    activities = RallyUxrSimulator()
     return [
-        RallyUxrSimulator(),
-        RallyUxrPeopleSimulator(),
+        activities,
+        RallyUxrPeopleSimulator(activities.window),  # one tenant budget for the whole Rally UXR API
         RallyCrmSimulator(),
         MediarithmicsSimulator(),
         HttpBulkSimulator(),

@@ -5,7 +5,9 @@ Settings (changed through `POST /_sandbox/{api}/config`, merged into the current
 - `rate_limit`: `{mode: none}`; `{mode: fixed_window, limit, window_seconds}` answers every request with
   `X-RateLimit-Limit/Remaining/Reset` and, past the limit, 429 with `Retry-After`;
   `{mode: retry_after_only, ...}` the same window but 429s carry only `Retry-After`;
-  `{mode: no_headers, ...}` 429s with no hint at all.
+  `{mode: no_headers, ...}` 429s with no hint at all. Simulators of one API share one window (a tenant's
+  budget: Rally UXR's activities and people imports and import status polls count together); each
+  applies its own `rate_limit` setting to that shared count.
 - `burst_429`: `{every_seconds, duration_seconds}`: for the first `duration_seconds` of every
   `every_seconds`, every request gets 429 with `Retry-After`.
 - `latency_ms`: added to every answer; `fail_rate`: share of requests answered with one of
@@ -75,13 +77,22 @@ ISSUER = TokenIssuer()
 REFUSING = {"until": 0.0}
 
 
+class RateWindow:
+    """Requests counted in the current fixed window."""
+
+    def __init__(self) -> None:
+        self.start = 0.0
+        self.count = 0
+
+
 class Simulator:
     """Base of one API's simulator: `name` is its key under /_sandbox/, `prefix` its path prefix."""
 
     name = ""
     prefix = ""
 
-    def __init__(self) -> None:
+    def __init__(self, window: RateWindow | None = None) -> None:
+        self.window = window or RateWindow()
         self.reset()
 
     def add_routes(self, app: web.Application) -> None:
@@ -97,8 +108,7 @@ class Simulator:
         self.statuses: Counter[int] = Counter()
         self.refused = 0
         self.max_batch = 0
-        self.window_start = 0.0
-        self.window_count = 0
+        self.window.start, self.window.count = 0.0, 0
         self.resets = 0
         self.timeline: list[tuple[float, int]] = []  # (epoch seconds, records accepted) per accepted request
         # (epoch seconds, "METHOD route") per request that used the rate-limit budget: imports, status polls
@@ -186,12 +196,13 @@ class Simulator:
         window = float(limit.get("window_seconds", 60))
         # Fixed windows aligned to the epoch, like an API counting per calendar minute.
         start = math.floor(now / window) * window
-        if start != self.window_start:
-            self.window_start, self.window_count = start, 0
+        counted = self.window
+        if start != counted.start:
+            counted.start, counted.count = start, 0
         reset = start + window
         allowed = int(limit.get("limit", 1000))
         mode = limit["mode"]
-        if self.window_count >= allowed:
+        if counted.count >= allowed:
             wait = str(max(1, math.ceil(reset - now)))
             if mode == "fixed_window":
                 h = {"Retry-After": wait, **_limit_headers(allowed, 0, reset)}
@@ -200,9 +211,9 @@ class Simulator:
             else:
                 h = {}
             return self.answer(429, text="Too Many Requests", headers=h)
-        self.window_count += 1
+        counted.count += 1
         if mode == "fixed_window":
-            headers.update(_limit_headers(allowed, allowed - self.window_count, reset))
+            headers.update(_limit_headers(allowed, allowed - counted.count, reset))
         return None
 
 

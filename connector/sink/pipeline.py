@@ -25,6 +25,7 @@ from connector.codec import DecodeError, make_decoder, validator_for
 from connector.config import SinkSettings
 from connector.deadletter import DeadLetterWriter
 from connector.delivery.auth import credentials
+from connector.delivery.ratelimit import ApiWindows
 from connector.delivery.service import BatchResult, DeliveryService, Failure, Tracked, make_client
 from connector.destinations import for_sink
 from connector.errors import DeadLetterError, FatalError
@@ -61,6 +62,7 @@ class SinkPipeline:
         metrics: Metrics,
         shutdown_timeout: float = 30.0,
         index: int = 0,
+        windows: ApiWindows | None = None,
     ) -> None:
         self.settings = settings
         self.shutdown_timeout = shutdown_timeout
@@ -104,6 +106,8 @@ class SinkPipeline:
             self.m,
             fail_on_error=settings.on_error == "fail",
             secrets=creds.secrets,
+            # Sinks sending to one API with one credential share its rate-limit budget.
+            window=(windows or ApiWindows()).get(dest.url, creds.secrets),
         )
         self.fatal: BaseException | None = None
         self.assigned = False

@@ -6,7 +6,7 @@ import itertools
 import pytest
 
 from connector.delivery.concurrency import Aimd
-from connector.delivery.ratelimit import Budget, RateLimiter
+from connector.delivery.ratelimit import ApiWindow, ApiWindows, Budget, RateLimiter
 from connector.metrics import Metrics
 
 
@@ -108,3 +108,56 @@ def test_429_holds_all_requests_and_stall_time_is_counted() -> None:
     stalled = sink.value("rate_limit_stall_seconds_total")
     assert 0.28 <= stalled <= waited + 0.01  # three waiting requests count once, not three times
     assert sink.value("rate_limit_stalled") == 0
+
+
+def test_sinks_of_one_api_and_credential_share_one_window() -> None:
+    windows = ApiWindows()
+    activities = windows.get("https://api.rallyuxr.com/api/public/v1", ["token-a"])
+    assert windows.get("https://api.rallyuxr.com/api/public/v1/", ["token-a"]) is activities
+    assert windows.get("https://api.rallyuxr.com/api/public/v1", ["token-b"]) is not activities
+    assert windows.get("https://tenant.rallycrm.io/api/v1", ["token-a"]) is not activities
+
+
+def test_a_429_seen_by_one_sink_holds_every_sink_of_that_api() -> None:
+    metrics = Metrics()
+    window = ApiWindow()
+    first = RateLimiter(metrics.sink("activities"), window=window)
+    second = RateLimiter(metrics.sink("people"), window=window)
+    alone = RateLimiter(metrics.sink("crm"))
+
+    async def go() -> tuple[float, float]:
+        number = await first.acquire()
+        first.observe(429, {"retry-after": "0.3"}, number)
+        assert second.held() and not alone.held()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await alone.acquire()
+        alone_waited = loop.time() - started
+        await second.acquire()
+        return alone_waited, loop.time() - started
+
+    alone_waited, second_waited = asyncio.run(go())
+    assert alone_waited < 0.1
+    assert second_waited >= 0.28
+    assert metrics.sink("people").value("rate_limit_stall_seconds_total") >= 0.28  # the stall is its own
+    assert metrics.sink("activities").value("rate_limit_stall_seconds_total") == 0
+
+
+def test_the_budget_one_sink_spends_is_the_budget_the_other_sees() -> None:
+    now = [0.0]
+    window = ApiWindow()
+    metrics = Metrics()
+    first = RateLimiter(metrics.sink("a"), clock=lambda: now[0], wall=lambda: 1000.0, window=window)
+    second = RateLimiter(metrics.sink("b"), clock=lambda: now[0], wall=lambda: 1000.0, window=window)
+
+    async def go() -> None:
+        number = await first.acquire()
+        # The API: 3 left in a window that resets in 10 s, spread as one start every 2.5 s.
+        first.observe(200, {"x-ratelimit-remaining": "3", "x-ratelimit-reset": "1010"}, number)
+        assert first._earliest(0.0) == second._earliest(0.0) == 2.5
+        now[0] = 2.5
+        await second.acquire()  # the other sink spends the next slot...
+        assert window.budget.remaining == 2
+        assert first._earliest(2.5) == 5.0  # ...so this one waits for the one after it
+
+    asyncio.run(go())
