@@ -80,7 +80,7 @@ def build_app() -> web.Application:
             sim.configure(orjson.loads(await request.read()))
         except (ValueError, orjson.JSONDecodeError) as exc:
             return json({"error": str(exc)}, 400)
-        return json(sim.settings)
+        return json({**sim.settings, "rate_limit": sim.window.rule})
 
     async def accepted(request: web.Request) -> web.Response:
         return json(find(request).accepted)

@@ -5,9 +5,9 @@ Settings (changed through `POST /_sandbox/{api}/config`, merged into the current
 - `rate_limit`: `{mode: none}`; `{mode: fixed_window, limit, window_seconds}` answers every request with
   `X-RateLimit-Limit/Remaining/Reset` and, past the limit, 429 with `Retry-After`;
   `{mode: retry_after_only, ...}` the same window but 429s carry only `Retry-After`;
-  `{mode: no_headers, ...}` 429s with no hint at all. Simulators of one API share one window (a tenant's
-  budget: Rally UXR's activities and people imports and import status polls count together); each
-  applies its own `rate_limit` setting to that shared count.
+  `{mode: no_headers, ...}` 429s with no hint at all. Simulators of one API share one window, rule and
+  count (a tenant's budget: Rally UXR's activities and people imports and import status polls count
+  together), so setting `rate_limit` on either sets it for both.
 - `burst_429`: `{every_seconds, duration_seconds}`: for the first `duration_seconds` of every
   `every_seconds`, every request gets 429 with `Retry-After`.
 - `latency_ms`: added to every answer; `fail_rate`: share of requests answered with one of
@@ -33,7 +33,6 @@ from aiohttp import web
 DEFAULTS: dict[str, Any] = {
     "token": "sandbox-token",
     "forbidden_tokens": ["forbidden-token"],
-    "rate_limit": {"mode": "none"},
     "burst_429": None,
     "latency_ms": 0,
     "fail_rate": 0.0,
@@ -77,10 +76,14 @@ ISSUER = TokenIssuer()
 REFUSING = {"until": 0.0}
 
 
+NO_LIMIT: dict[str, Any] = {"mode": "none"}
+
+
 class RateWindow:
-    """Requests counted in the current fixed window."""
+    """A tenant's rate limit: its rule and the requests counted in the current fixed window."""
 
     def __init__(self) -> None:
+        self.rule = NO_LIMIT
         self.start = 0.0
         self.count = 0
 
@@ -108,16 +111,19 @@ class Simulator:
         self.statuses: Counter[int] = Counter()
         self.refused = 0
         self.max_batch = 0
-        self.window.start, self.window.count = 0.0, 0
+        self.window.rule, self.window.start, self.window.count = NO_LIMIT, 0.0, 0
         self.resets = 0
         self.timeline: list[tuple[float, int]] = []  # (epoch seconds, records accepted) per accepted request
         # (epoch seconds, "METHOD route") per request that used the rate-limit budget: imports, status polls
         self.calls: list[tuple[float, str]] = []
 
     def configure(self, changes: dict[str, Any]) -> None:
-        unknown = set(changes) - set(DEFAULTS)
+        unknown = set(changes) - set(DEFAULTS) - {"rate_limit"}
         if unknown:
             raise ValueError(f"unknown settings: {sorted(unknown)}")
+        changes = dict(changes)
+        if "rate_limit" in changes:
+            self.window.rule = changes.pop("rate_limit")
         self.settings.update(changes)
         if "seed" in changes:
             self.rng = random.Random(changes["seed"])
@@ -172,7 +178,7 @@ class Simulator:
                 wait = str(max(1, math.ceil(float(burst["duration_seconds"]) - phase)))
                 return self.answer(429, text="Too Many Requests", headers={"Retry-After": wait}), {}
         headers: dict[str, str] = {}
-        limit = s["rate_limit"]
+        limit = self.window.rule
         if limit.get("mode", "none") != "none":
             refusal = self._rate_limit(limit, headers)
             if refusal is not None:

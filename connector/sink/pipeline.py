@@ -419,6 +419,11 @@ class SinkPipeline:
             self.consumer.close()
         except (KafkaException, RuntimeError) as exc:
             log.warning("%s: closing the consumer: %s", self.name, exc)
+        # Dead letters not acknowledged by now were never committed past: purging them loses nothing, and
+        # close() cannot then wait on an unreachable broker. Closing ends librdkafka's threads now rather
+        # than whenever the object is collected (by then the broker may be gone, and it logs errors).
+        self.producer.purge()
+        self.producer.close()
         await self.client.aclose()
         if self._auth is not None:
             await self._auth.aclose()

@@ -275,9 +275,9 @@ def test_two_sinks_of_one_rally_uxr_tenant_share_its_rate_limit(
         kafka_bootstrap, topics["activities"], _events([uxr_activity(i) for i in range(4000)], "personId")
     )
     produce(kafka_bootstrap, topics["people"], _events([uxr_person(i) for i in range(2000)], "email"))
+    # One rule for the tenant: set on either Rally UXR API, it applies to both.
     limit = {"mode": "fixed_window", "limit": 20, "window_seconds": 2}
-    for api in ("rally_uxr.activities", "rally_uxr.people"):
-        sandbox.configure(api, rate_limit=limit)
+    sandbox.configure("rally_uxr.people", rate_limit=limit)
     batch = {"max_records": 100, "max_wait": "100ms"}
     settings = settings_of(
         kafka_bootstrap,
@@ -297,7 +297,7 @@ def test_two_sinks_of_one_rally_uxr_tenant_share_its_rate_limit(
     assert len(sandbox.accepted("rally_uxr.people")) == 2000
     assert seen == rate_limited
     # Each sink pacing alone learns what remains from the headers but not what the other sink has in
-    # flight, and runs into 429s (5 of 71 requests in a trial).
+    # flight, and runs into 429s (5 and 6 of about 150 requests in trials).
     assert rate_limited < 0.01 * requests
 
 
