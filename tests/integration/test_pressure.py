@@ -171,11 +171,18 @@ def test_chaos_5xx_timeouts_and_429_bursts_deliver_everything(
     counts = _delivered(sandbox)
     duplicates = sum(c - 1 for c in counts.values())
     stats = sandbox.stats(API)
-    figure(f"\nchaos: {records} records, {duplicates} duplicates; sandbox answers {stats['requests']}")
+    timeouts = m.value("http_requests_total", status="error")  # no answer within the 1 s timeout
+    figure(
+        f"\nchaos: {records} records, {duplicates} duplicates; {timeouts:.0f} requests timed out; "
+        f"sandbox answers {stats['requests']}"
+    )
     assert set(counts) == set(range(records))
     assert read_topic(kafka_bootstrap, f"{topic}.dlq", 0, timeout=3) == []
     assert m.value("records_dead_lettered_total", reason="retries_exhausted") == 0
-    assert m.value("retries_total", reason="timeout") > 0
+    # Imports and their status polls draw from the same 1% of slow answers, so which kind times out
+    # varies between runs (in one of eight runs today, none was an import): count both.
+    assert timeouts > 0
+    assert m.value("retries_total", reason="timeout") <= timeouts
     assert m.value("rate_limited_total") == stats["rate_limited"] > 0
     retried = sum(m.value("retries_total", reason=r) for r in ("500", "502", "503", "504", "429", "timeout"))
     assert retried == m.value("batches_sent_total", outcome="retried")
