@@ -14,7 +14,7 @@ import time
 from connector.config import Settings
 from connector.delivery.ratelimit import ApiWindows
 from connector.metrics import HealthServer, Metrics
-from connector.sink.pipeline import SinkPipeline
+from connector.sink.pipeline import build_sink
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,8 @@ class App:
         self.metrics = Metrics()
         windows = ApiWindows()  # one rate-limit budget per API and credential, whichever sinks use it
         self.sinks = [
-            SinkPipeline(s, settings.kafka, self.metrics, settings.shutdown_timeout, windows=windows)
-            for s in settings.sinks
+            build_sink(s, settings.kafka, self.metrics, settings.shutdown_timeout, i, windows)
+            for i, s in enumerate(settings.sinks)
         ]
         self.health = HealthServer(self.metrics, self.alive, self.ready)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -40,7 +40,7 @@ class App:
         return all(now - s.heartbeat < STALL_LIMIT for s in self.sinks)
 
     def ready(self) -> bool:
-        return all(s.assigned for s in self.sinks)
+        return all(s.ready() for s in self.sinks)
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()

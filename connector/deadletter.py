@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from connector.delivery.service import Failure
+from connector.delivery.service import Failure, Reason
 from connector.metrics import SinkMetrics
 from connector.records import Record
 
@@ -23,7 +23,7 @@ STAGES = {
     "invalid_record": "TRANSFORMATION",
     "record_too_large": "TRANSFORMATION",
 }
-EXCEPTION_CLASSES = {
+EXCEPTION_CLASSES: dict[Reason, str] = {
     "decode_error": "connector.codec.DecodeError",
     "invalid_record": "connector.InvalidRecord",
     "record_too_large": "connector.RecordTooLarge",
@@ -31,6 +31,7 @@ EXCEPTION_CLASSES = {
     "retries_exhausted": "connector.RetriesExhausted",
     "import_failed": "connector.ImportFailed",
 }
+_OTHER = "connector.DeliveryFailed"  # never used by a known reason; a header is never worth a crash
 _OUR_PREFIXES = ("__connect.errors.", "__activity.error.")
 
 
@@ -47,7 +48,7 @@ def dead_letter_headers(
         ("__connect.errors.offset", str(record.offset).encode()),
         ("__connect.errors.connector.name", sink.encode()),
         ("__connect.errors.stage", STAGES.get(failure.reason, "TASK_PUT").encode()),
-        ("__connect.errors.exception.class.name", EXCEPTION_CLASSES[failure.reason].encode()),
+        ("__connect.errors.exception.class.name", EXCEPTION_CLASSES.get(failure.reason, _OTHER).encode()),
         ("__connect.errors.exception.message", failure.message.encode()[:1024]),
         ("__activity.error.reason", failure.reason.encode()),
         ("__activity.error.attempts", str(failure.attempts).encode()),

@@ -14,6 +14,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from connector.errors import StartupError
+
 P = "activity_connector_"
 _SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 _BYTES_BUCKETS = tuple(float(2**i) for i in range(10, 27, 2))  # 1 KiB .. 64 MiB
@@ -59,6 +61,22 @@ class Metrics:
         self.buffered_bytes = Gauge(P + "buffered_bytes", "Bytes held in memory", s, registry=r)
         self.partitions_paused = Gauge(
             P + "partitions_paused", "Partitions paused for backpressure", s, registry=r
+        )
+        self.kafka_connected = Gauge(
+            P + "kafka_connected", "1 while the sink reaches a Kafka broker, 0 while it cannot", s, registry=r
+        )
+        self.imports = Counter(
+            P + "imports",
+            "Asynchronous imports followed to their end, by outcome",
+            (*s, "outcome"),
+            registry=r,
+        )
+        self.import_status_unsupported = Gauge(
+            P + "import_status_unsupported",
+            "1 when the import status endpoint answered as missing (404/405/501) and imports are no longer "
+            "followed",
+            s,
+            registry=r,
         )
         self.consumer_lag = Gauge(
             P + "consumer_lag", "Messages behind the partition's end", (*s, "topic", "partition"), registry=r
@@ -112,6 +130,8 @@ class SinkMetrics:
         self.batch_bytes = m.batch_bytes.labels(sink)
         self.request_duration = m.http_request_duration.labels(sink)
         self.delivery_latency = m.delivery_latency.labels(sink)
+        self.kafka_connected = m.kafka_connected.labels(sink)
+        self.import_status_unsupported = m.import_status_unsupported.labels(sink)
         self._counters: dict[tuple[str, str], Counter] = {}
         self._lags: dict[tuple[str, int], Gauge] = {}
 
@@ -139,6 +159,14 @@ class SinkMetrics:
 
     def commit(self, outcome: str) -> None:
         self._child(self._m.commits, outcome).inc()
+
+    def imports(self, outcome: str) -> None:
+        self._child(self._m.imports, outcome).inc()
+
+    def forget_lag(self, topic: str, partition: int) -> None:
+        """A revoked partition's lag is another process's to report: remove the series."""
+        if self._lags.pop((topic, partition), None) is not None:
+            self._m.consumer_lag.remove(self.name, topic, str(partition))
 
     def lag(self, topic: str, partition: int, value: float) -> None:
         child = self._lags.get((topic, partition))
@@ -181,7 +209,11 @@ class HealthServer:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise StartupError(f"metrics.listen {host}:{port}: {exc.strerror or exc}") from None
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else port

@@ -8,6 +8,7 @@ import httpx
 import orjson
 
 from connector.codec.base import DecodeError
+from connector.errors import RegistryError
 
 
 class SchemaRegistry:
@@ -23,10 +24,18 @@ class SchemaRegistry:
             response = self._client.get(f"/schemas/ids/{schema_id}")
         except httpx.HTTPError as exc:
             # Not a decode error of the record: the registry is unreachable, so stop rather than dead-letter.
-            raise ConnectionError(f"schema registry unreachable: {type(exc).__name__}") from None
+            raise RegistryError(f"schema registry unreachable: {type(exc).__name__}") from None
         if response.status_code == 404:
             raise DecodeError(f"schema id {schema_id} is not in the registry")
-        response.raise_for_status()
-        schema: dict[str, Any] = orjson.loads(orjson.loads(response.content)["schema"])
+        if response.status_code != 200:
+            raise RegistryError(
+                f"schema registry answered HTTP {response.status_code} for schema id {schema_id}"
+            )
+        try:
+            schema: dict[str, Any] = orjson.loads(orjson.loads(response.content)["schema"])
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise RegistryError(
+                f"schema registry answered an unreadable schema ({type(exc).__name__})"
+            ) from None
         self._cache[schema_id] = schema
         return schema

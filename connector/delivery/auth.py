@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 import httpx
 
 from connector.config import AuthSettings
-from connector.errors import ConfigError, DestinationAuthError
+from connector.errors import ConfigError, ConnectorError, DestinationAuthError
 
 
-class TokenEndpointError(httpx.TransportError):
-    """The token endpoint failed in a way worth retrying (5xx, no answer): the request is retried."""
+class TokenEndpointError(httpx.TransportError, ConnectorError):
+    """The token endpoint failed in a way worth retrying (5xx, no answer). An httpx transport error, so
+    the send stack retries the request as it would one that got no answer."""
 
 
 class OAuth2ClientCredentials(httpx.Auth):

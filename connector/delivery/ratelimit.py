@@ -9,6 +9,14 @@ counts its budget per tenant, not per sink, so two sinks pace from one estimate 
   and what remains is spread evenly over the rest of the window. The budget is used, not burnt in 429s;
 - an optional static ceiling (`rate_limit.requests_per_second`).
 
+The budget is read from `X-RateLimit-Remaining/Reset` or the IETF `RateLimit-Remaining/Reset` headers, or
+the structured `RateLimit` header (`remaining=5, reset=30` or `"default";r=5;t=30`). A reset value below a
+plausible Unix time is seconds until the reset, above it an epoch time: APIs send both.
+
+Data requests come first: a background request (an import status poll) starts only when no data request
+is waiting for the budget, or when polls have had less than BACKGROUND_SHARE of the starts meanwhile, so
+under backlog polls take about a tenth of the budget and never starve data.
+
 Time spent waiting here is stall time: `rate_limit_stall_seconds_total` counts the time during which at
 least one request waited, and `rate_limit_stalled` is 1 meanwhile.
 """
@@ -17,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -27,6 +36,9 @@ Clock = Callable[[], float]
 
 
 PROBE_TIMEOUT = 1.0  # seconds to wait for the answer to a new window's first request before trusting none
+BACKGROUND_SHARE = 0.1  # share of starts a background request may take while data requests wait
+BACKGROUND_RECHECK = 0.05  # seconds between a waiting background request's looks at the queue
+EPOCH_THRESHOLD = 1_000_000_000  # a reset value above this is a Unix time (2001 on), below it a delta
 
 
 class Budget:
@@ -90,6 +102,8 @@ class ApiWindow:
         self.hold_until = 0.0  # monotonic time before which no request may start (after a 429)
         self.budget = Budget()
         self.started = 0  # requests started so far; a request's number tells what started after it
+        self.foreground_waiting = 0  # data requests waiting for the budget, from every sharing sink
+        self.background_credit = 1.0  # background starts allowed while data requests wait
 
 
 class ApiWindows:
@@ -135,27 +149,47 @@ class RateLimiter:
         w = self.window
         return max(w.hold_until, self._next_static, w.budget.earliest(now))
 
-    async def acquire(self) -> int:
+    def _blocked(self, now: float, background: bool) -> float | None:
+        """When the request may start (None: now)."""
+        start = self._earliest(now)
+        if start > now:
+            return start
+        w = self.window
+        if background and w.foreground_waiting > 0 and w.background_credit < 1.0:
+            return now + BACKGROUND_RECHECK
+        return None
+
+    async def acquire(self, background: bool = False) -> int:
         """Wait until a request may start; returns the request's number for `observe`."""
+        w = self.window
         now = self._clock()
-        if self._earliest(now) > now:
+        if background:
+            while (start := self._blocked(now, True)) is not None:
+                await asyncio.sleep(start - now)
+                now = self._clock()
+            if w.foreground_waiting > 0:
+                w.background_credit -= 1.0
+        elif self._blocked(now, False) is not None:
             self._waiting += 1
+            w.foreground_waiting += 1
             if self._waiting == 1:
                 self._stalled_since = now
                 self._m.stalled.set(1)
             try:
                 # The hold can move while we sleep (another 429), so re-check rather than wait on an event.
-                while (start := self._earliest(now)) > now:
+                while (start := self._blocked(now, False)) is not None:
                     await asyncio.sleep(start - now)
                     now = self._clock()
                     self.account_stall()
             finally:
                 self._waiting -= 1
+                w.foreground_waiting -= 1
                 if self._waiting == 0:
                     self.account_stall()
                     self._m.stalled.set(0)
+        if not background:
+            w.background_credit = min(1.0, w.background_credit + BACKGROUND_SHARE)
         self._next_static = now + self._interval
-        w = self.window
         w.budget.started(now)
         w.started += 1
         return w.started
@@ -170,8 +204,7 @@ class RateLimiter:
     def observe(self, status: int, headers: Mapping[str, str], number: int) -> None:
         """Learn from an answer to request `number`."""
         now = self._clock()
-        remaining = _int(headers.get("x-ratelimit-remaining"))
-        reset_in = self._reset_in(headers)
+        remaining, reset_in = budget_of(headers, self._wall())
         if remaining is not None and reset_in is not None:
             self.window.budget.learn(remaining, reset_in, self.window.started - number, now)
         if status == 429:
@@ -181,15 +214,38 @@ class RateLimiter:
             # A 429 with no hint at all: hold briefly rather than hammer.
             self.hold(1.0 if wait is None else wait)
 
-    def _reset_in(self, headers: Mapping[str, str]) -> float | None:
-        reset = _int(headers.get("x-ratelimit-reset"))
-        return None if reset is None else max(0.0, reset - self._wall())
+
+_STRUCTURED = re.compile(r"(?:^|[;,\s])(remaining|r|reset|t)\s*=\s*(\d+(?:\.\d+)?)")
 
 
-def _int(value: str | None) -> int | None:
+def budget_of(headers: Mapping[str, str], wall_now: float) -> tuple[int | None, float | None]:
+    """(requests remaining, seconds until the window resets) from an answer's rate-limit headers."""
+    remaining = _int(headers.get("x-ratelimit-remaining") or headers.get("ratelimit-remaining"))
+    reset = _number(headers.get("x-ratelimit-reset") or headers.get("ratelimit-reset"))
+    structured = headers.get("ratelimit")
+    if structured and (remaining is None or reset is None):
+        found = {k: float(v) for k, v in _STRUCTURED.findall(structured)}
+        r = found.get("remaining", found.get("r"))
+        t = found.get("reset", found.get("t"))
+        remaining = int(r) if remaining is None and r is not None else remaining
+        reset = t if reset is None else reset
+    if reset is None:
+        return remaining, None
+    # An epoch time or seconds from now: both are sent by real APIs under the same header name.
+    reset_in = reset - wall_now if reset >= EPOCH_THRESHOLD else reset
+    return remaining, max(0.0, reset_in)
+
+
+def _number(value: str | None) -> float | None:
     if value is None:
         return None
     try:
-        return int(float(value))
+        number = float(value)
     except ValueError:
         return None
+    return number if number >= 0 and number == number and number != float("inf") else None
+
+
+def _int(value: str | None) -> int | None:
+    number = _number(value)
+    return None if number is None else int(number)

@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import httpx
 
@@ -28,34 +30,38 @@ from connector.delivery.ratelimit import ApiWindow, RateLimiter
 from connector.delivery.retry import OVERLOAD_STATUSES, RETRY_STATUSES, STOP_STATUSES, Backoff, decide
 from connector.destinations.base import (
     Destination,
-    Done,
-    FollowUp,
     GiveUp,
     Request,
     RetryAfter,
     Split,
+    StatusReading,
     Stop,
     Success,
 )
 from connector.errors import DestinationAuthError, FatalError
 from connector.metrics import SinkMetrics
 from connector.records import Record
+from connector.redact import redact, redact_and_cut
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1024  # bytes of an answer kept in a dead letter
 PROBE_INTERVAL = 1.0  # seconds between the prober's retries while the API is down
 OUTAGE_AFTER = 3  # failed requests in a row (across all lanes) that mean the API is down
-RECONCILE_TIMEOUT = 1800.0  # seconds an import may stay non-terminal before its records count as failed
+# Answers to a status request that may mean the endpoint does not exist (our assumption of it is wrong).
+MISSING_STATUSES = frozenset({404, 405, 501})
+
+Reason = Literal[
+    "decode_error", "invalid_record", "record_too_large", "rejected", "retries_exhausted", "import_failed"
+]
+REASONS: tuple[Reason, ...] = get_args(Reason)
 
 
 @dataclass(frozen=True, slots=True)
 class Failure:
     """Why a record was not delivered; becomes its dead letter's headers."""
 
-    reason: (
-        str  # decode_error | invalid_record | record_too_large | rejected | retries_exhausted | import_failed
-    )
+    reason: Reason
     message: str
     http_status: int | None = None
     http_body: bytes = b""
@@ -70,6 +76,16 @@ class Tracked:
     records: list[Record]
     status: Request
     import_id: str | None
+    nbytes: int = 0  # the records' bytes, held in memory while the import runs under ack: completed
+
+
+@dataclass(slots=True)
+class _Part:
+    """Records sent together, the attempts they have used, and when they may go again."""
+
+    records: list[Record]
+    attempts: int
+    not_before: float
 
 
 @dataclass(slots=True)
@@ -119,56 +135,95 @@ class DeliveryService:
         self._setup_lock = asyncio.Lock()
 
     async def deliver(self, batch: Sequence[Record]) -> BatchResult:
-        """Send a batch until every record is delivered or failed."""
+        """Send a batch until every record is delivered or failed.
+
+        Every resend goes through here, without recursion: a batch is a queue of parts, each carrying the
+        attempts its records have used. A split replaces a part by its halves (same attempts; a 400 is
+        bisected at most log2(len) deep, as halves shrink); items a 2xx answer failed for a passing reason
+        become a part of their own that has used one attempt more and waits its backoff. So a record is
+        sent at most `max_attempts` times for transient failures, and a batch of n records makes at most
+        (2n - 1) * max_attempts requests besides 429s and outage probes, which are spaced and waited out.
+        """
+        result = BatchResult()
+        parts: deque[_Part] = deque([_Part(list(batch), 0, 0.0)])
+        while parts:
+            part = parts.popleft()
+            more = await self._deliver_part(part, result)
+            # Follow-ups go first, in order, so records with the same key keep their order.
+            parts.extendleft(reversed(more))
+        return result
+
+    async def _deliver_part(self, part: _Part, result: BatchResult) -> list[_Part]:
+        """Send one part until it is settled or split; returns the parts that follow from it."""
         me = object()
-        attempts = 0  # answers other than 429 (being rate-limited is not a failure of the records)
-        retry_at = 0.0
+        records, attempts = part.records, part.attempts
+        rate_limited = 0  # 429s in a row: not failures of the records, but each resend waits longer
         probing = False
         try:
+            if part.not_before > time.monotonic():
+                probing = await self._wait(part.not_before, me)
             while True:
                 if not await self._setup():
                     attempts += 0 if probing else 1
                     if attempts >= self._settings.retry.max_attempts and not probing:
-                        return self._exhausted(batch, RetryAfter("setup"), _Answer(None, b"", None), attempts)
-                    retry_at = time.monotonic() + self._backoff.delay(max(attempts, 1))
-                    probing = await self._wait(retry_at, me)
+                        result.extend(
+                            self._exhausted(records, RetryAfter("setup"), _Answer(None, b"", None), attempts)
+                        )
+                        return []
+                    probing = await self._wait(time.monotonic() + self._backoff.delay(attempts), me)
                     continue
-                request = self.destination.build(batch)
-                answer = await self._send(request, len(batch))
+                request = self.destination.build(records)
+                answer = await self._send(request, len(records))
                 decision = decide(
-                    self.destination, request, batch, answer.status, answer.body, answer.headers, answer.why
+                    self.destination, request, records, answer.status, answer.body, answer.headers, answer.why
                 )
                 if not probing and answer.status != 429:
                     attempts += 1
                 if not isinstance(decision, RetryAfter) or answer.status == 429:
                     self._api_answered()
                 if isinstance(decision, Success):
-                    result = self._succeeded(batch, decision, request, answer, attempts)
-                    if decision.retry:
-                        # Items that failed for a passing reason go again alone; the rest is never resent.
-                        self._m.retry("partial")
-                        result.extend(await self.deliver([batch[i] for i in decision.retry]))
-                    return result
+                    result.extend(self._succeeded(records, decision, request, answer, attempts))
+                    if not decision.retry:
+                        return []
+                    # Items that failed for a passing reason go again alone, after a backoff, on the same
+                    # attempt budget; the rest is never resent.
+                    again = [records[i] for i in decision.retry]
+                    self._m.retry("partial")
+                    if attempts >= self._settings.retry.max_attempts:
+                        result.extend(self._exhausted(again, RetryAfter("partial"), answer, attempts))
+                        return []
+                    return [_Part(again, attempts, time.monotonic() + self._backoff.delay(attempts))]
                 if isinstance(decision, Split):
                     self._m.batch("failed")
-                    return await self._split(batch)
+                    middle = len(records) // 2
+                    # Bisecting uses no attempts: the halves carry what the records had used before this send.
+                    used = max(part.attempts, attempts - 1)
+                    return [_Part(records[:middle], used, 0.0), _Part(records[middle:], used, 0.0)]
                 if isinstance(decision, GiveUp):
                     self._m.batch("failed")
                     failure = self._failure("rejected", decision.message, answer, attempts)
-                    return BatchResult(failed=[(r, failure) for r in batch])
+                    result.failed.extend((r, failure) for r in records)
+                    return []
                 if isinstance(decision, Stop):
                     self._m.batch("failed")
                     raise DestinationAuthError(f"{self.destination.type}: {decision.message}")
                 self._m.batch("retried")
                 self._m.retry(decision.reason)
-                self._failures_in_a_row += 1
                 if answer.status == 429:
+                    # The rate limiter holds every request until the API's wait is over; an API that
+                    # keeps answering 429 with no wait is not hammered: each resend waits longer.
                     probing = False
-                    continue  # the rate limiter now holds every request until the API's wait is over
+                    rate_limited += 1
+                    await asyncio.sleep(self._backoff.delay(rate_limited))
+                    continue
+                self._failures_in_a_row += 1
                 if not probing:
                     if attempts >= self._settings.retry.max_attempts:
-                        return self._exhausted(batch, decision, answer, attempts)
+                        result.extend(self._exhausted(records, decision, answer, attempts))
+                        return []
                     retry_at = time.monotonic() + self._backoff.delay(attempts, decision.after)
+                else:
+                    retry_at = time.monotonic()
                 probing = await self._wait(retry_at, me)
         finally:
             if self._prober is me:
@@ -206,21 +261,14 @@ class DeliveryService:
                     return True
 
     def _exhausted(
-        self, batch: Sequence[Record], decision: RetryAfter, answer: _Answer, attempts: int
+        self, records: Sequence[Record], decision: RetryAfter, answer: _Answer, attempts: int
     ) -> BatchResult:
         message = f"gave up after {attempts} attempts (last: {decision.reason})"
         if self._fail_on_error:
             raise FatalError(f"{self.destination.type}: {message}")
         self._m.batch("failed")
         failure = self._failure("retries_exhausted", message, answer, attempts)
-        return BatchResult(failed=[(r, failure) for r in batch])
-
-    async def _split(self, batch: Sequence[Record]) -> BatchResult:
-        # Halves go one after the other so records with the same key keep their order.
-        middle = len(batch) // 2
-        result = await self.deliver(batch[:middle])
-        result.extend(await self.deliver(batch[middle:]))
-        return result
+        return BatchResult(failed=[(r, failure) for r in records])
 
     def _succeeded(
         self, batch: Sequence[Record], decision: Success, request: Request, answer: _Answer, attempts: int
@@ -243,7 +291,8 @@ class DeliveryService:
             self._m.delivery_latency.observe(max(0.0, time.time() - batch[0].timestamp_ms / 1000))
             status = self.destination.track(decision, request)
             if status is not None:
-                result.tracked.append(Tracked(result.delivered, status, decision.import_id))
+                nbytes = sum(r.size for r in result.delivered)
+                result.tracked.append(Tracked(result.delivered, status, decision.import_id, nbytes))
         return result
 
     async def _setup(self) -> bool:
@@ -261,31 +310,27 @@ class DeliveryService:
                 return False
             return True
 
-    async def status(self, tracked: Tracked) -> Done:
-        """Follow an import to its end: poll its status, with growing pauses, until it is terminal."""
-        request, pause, started = tracked.status, 0.5, time.monotonic()
-        while time.monotonic() - started < RECONCILE_TIMEOUT:
-            await asyncio.sleep(pause)
-            pause = min(pause * 1.5, 5.0)
-            answer = await self._send(request, 0)
-            if answer.status is None or answer.status in RETRY_STATUSES:
-                continue
-            if answer.status in STOP_STATUSES:
-                raise DestinationAuthError(f"{self.destination.type}: import status refused our credentials")
-            reading = self.destination.read_status(answer.status, answer.body, request, tracked.records)
-            if isinstance(reading, Done):
-                return reading
-            if isinstance(reading, FollowUp):
-                request, pause = reading.request, 0.0
-        message = f"import {tracked.import_id} not terminal after {RECONCILE_TIMEOUT:.0f}s"
-        return Done(dict.fromkeys(range(len(tracked.records)), message))
+    async def poll_status(self, request: Request, records: Sequence[Record]) -> StatusReading | int | None:
+        """One status request for an import: what the destination reads from the answer; for a status
+        that says the endpoint may not exist (404, 405, 501) that status, for the caller to judge against
+        its grace period; None when there was no usable answer (asked again later). Status requests use
+        only the rate-limit budget data requests leave."""
+        answer = await self._send(request, 0, background=True)
+        status = answer.status
+        if status is None or status in RETRY_STATUSES:
+            return None
+        if status in STOP_STATUSES:
+            raise DestinationAuthError(f"{self.destination.type}: import status refused our credentials")
+        if status in MISSING_STATUSES:
+            return status
+        return self.destination.read_status(status, answer.body, request, records)
 
-    async def _send(self, request: Request, records: int) -> _Answer:
+    async def _send(self, request: Request, records: int, background: bool = False) -> _Answer:
         """One request. `records` is how many it carries: 0 for setup and status requests, which share the
         rate-limit budget but not the concurrency limit. They are small and fast; their round trips would
         drag down the average the AIMD limiter compares import requests against, and halve it for nothing.
         """
-        number = await self.rate_limiter.acquire()
+        number = await self.rate_limiter.acquire(background)
         saturated = await self.concurrency.acquire() if records else False
         if records:
             self._m.batch_records.observe(records)
@@ -321,21 +366,16 @@ class DeliveryService:
         return answer
 
     def _failure(
-        self, reason: str, message: str, answer: _Answer, attempts: int, import_id: str | None = None
+        self, reason: Reason, message: str, answer: _Answer, attempts: int, import_id: str | None = None
     ) -> Failure:
         return Failure(
             reason=reason,
-            message=self._redact(message),
+            message=redact(message, self._secrets),
             http_status=answer.status,
-            http_body=self._redact(answer.body[:MAX_BODY].decode("utf-8", "replace")).encode(),
+            http_body=redact_and_cut(answer.body, self._secrets, MAX_BODY),
             attempts=attempts,
             import_id=import_id,
         )
-
-    def _redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
 
 
 def make_client(

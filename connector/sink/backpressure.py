@@ -1,4 +1,4 @@
-"""Pause/resume bookkeeping: how much a sink holds, and whether its partitions should be paused. Pure.
+"""Whether a sink's partitions should be paused. Pure: the caller passes what is held.
 
 Pausing rather than blocking keeps the consumer polled, so the group sees it alive and no rebalance
 happens while a destination is slow, limited or down. Partitions pause when the buffer reaches its byte
@@ -14,29 +14,15 @@ class Backpressure:
         self.max_bytes = max_bytes
         self.resume_below = max_bytes // 2
         self.enough_records = enough_records  # one full batch per lane
-        self.bytes = 0
-        self.records = 0
         self.paused = False
 
-    def add(self, records: int, nbytes: int) -> None:
-        self.records += records
-        self.bytes += nbytes
-
-    def remove(self, records: int, nbytes: int) -> None:
-        self.records -= records
-        self.bytes -= nbytes
-
-    def update(self, held: bool) -> bool | None:
-        """True: pause now; False: resume now; None: no change."""
-        stocked = held and self.records >= self.enough_records
-        if not self.paused and (self.bytes >= self.max_bytes or stocked):
+    def update(self, records: int, nbytes: int, held: bool) -> bool | None:
+        """Given what is held now: True, pause now; False, resume now; None, no change."""
+        stocked = held and records >= self.enough_records
+        if not self.paused and (nbytes >= self.max_bytes or stocked):
             self.paused = True
             return True
-        if (
-            self.paused
-            and self.bytes <= self.resume_below
-            and not (held and self.records >= self.enough_records // 2)
-        ):
+        if self.paused and nbytes <= self.resume_below and not (held and records >= self.enough_records // 2):
             self.paused = False
             return False
         return None

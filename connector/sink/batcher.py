@@ -24,6 +24,13 @@ class Batch(Generic[T]):
     def __len__(self) -> int:
         return len(self.items)
 
+    def retain(self, keep: Callable[[T], bool], size: Callable[[T], int]) -> None:
+        """Keep only the items for which `keep` is true; the byte count is derived from what is kept."""
+        kept = [i for i in self.items if keep(i)]
+        if len(kept) != len(self.items):
+            self.items = kept
+            self.nbytes = sum(size(i) for i in kept)
+
 
 class Batcher(Generic[T]):
     def __init__(self, max_records: int, max_bytes: int, max_wait: float) -> None:
@@ -71,15 +78,10 @@ class Batcher(Generic[T]):
         batch, self._open = self._open, None
         return batch
 
-    def discard(self, drop: Callable[[T], bool], size: Callable[[T], int]) -> list[T]:
-        """Remove the open batch's items for which `drop` is true (partitions revoked); returns them."""
+    def retain(self, keep: Callable[[T], bool], size: Callable[[T], int]) -> None:
+        """Keep only the open batch's items for which `keep` is true (others: partitions revoked)."""
         batch = self._open
-        if batch is None:
-            return []
-        removed = [i for i in batch.items if drop(i)]
-        if removed:
-            batch.items = [i for i in batch.items if not drop(i)]
-            batch.nbytes -= sum(size(i) for i in removed)
+        if batch is not None:
+            batch.retain(keep, size)
             if not batch.items:
                 self._open = None
-        return removed

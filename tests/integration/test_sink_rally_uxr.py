@@ -250,7 +250,7 @@ def test_outage_pauses_partitions_within_the_buffer_bound_and_loses_nothing(
         peak_paused = peak_bytes = 0.0
         while time.time() < sandbox_outage_end(sandbox):
             peak_paused = max(peak_paused, m.value("partitions_paused"))
-            peak_bytes = max(peak_bytes, connector.app.sinks[0].backpressure.bytes)
+            peak_bytes = max(peak_bytes, connector.app.sinks[0].task.buffered()[1])
             time.sleep(0.05)
         connector.wait_drained(kafka_bootstrap, [topic], timeout=120)
     assert peak_paused == 2

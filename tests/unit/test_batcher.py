@@ -41,16 +41,22 @@ def test_time_bound_counts_from_first_record() -> None:
     assert b.deadline() is None
 
 
-def test_discard_removes_items_and_their_bytes() -> None:
+def test_retain_keeps_items_and_derives_their_bytes() -> None:
     b: Batcher[int] = Batcher(max_records=100, max_bytes=1000, max_wait=1.0)
     for i in range(6):
-        b.add(i, 10, 0.0)
-    removed = b.discard(lambda i: i % 2 == 0, lambda i: 10)
-    assert removed == [0, 2, 4]
+        b.add(i, 10 + i, 0.0)
+    b.retain(lambda i: i % 2 == 1, lambda i: 10 + i)
     batch = b.open_batch
-    assert batch is not None and batch.items == [1, 3, 5] and batch.nbytes == 30
-    assert b.discard(lambda i: True, lambda i: 10) == [1, 3, 5]
+    assert batch is not None and batch.items == [1, 3, 5] and batch.nbytes == 11 + 13 + 15
+    b.retain(lambda i: False, lambda i: 10 + i)
     assert b.open_batch is None
+
+
+def test_closed_batch_retain_recomputes_bytes() -> None:
+    b: Batcher[int] = Batcher(max_records=4, max_bytes=1000, max_wait=1.0)
+    (closed,) = [c for i in range(4) for c in b.add(i, 100, 0.0)]
+    closed.retain(lambda i: i < 2, lambda i: 100)
+    assert closed.items == [0, 1] and closed.nbytes == 200
 
 
 def test_flush_returns_open_batch_once() -> None:

@@ -147,13 +147,13 @@ def test_the_budget_one_sink_spends_is_the_budget_the_other_sees() -> None:
     now = [0.0]
     window = ApiWindow()
     metrics = Metrics()
-    first = RateLimiter(metrics.sink("a"), clock=lambda: now[0], wall=lambda: 1000.0, window=window)
-    second = RateLimiter(metrics.sink("b"), clock=lambda: now[0], wall=lambda: 1000.0, window=window)
+    first = RateLimiter(metrics.sink("a"), clock=lambda: now[0], wall=lambda: 1_700_000_000.0, window=window)
+    second = RateLimiter(metrics.sink("b"), clock=lambda: now[0], wall=lambda: 1_700_000_000.0, window=window)
 
     async def go() -> None:
         number = await first.acquire()
         # The API: 3 left in a window that resets in 10 s, spread as one start every 2.5 s.
-        first.observe(200, {"x-ratelimit-remaining": "3", "x-ratelimit-reset": "1010"}, number)
+        first.observe(200, {"x-ratelimit-remaining": "3", "x-ratelimit-reset": "1700000010"}, number)
         assert first._earliest(0.0) == second._earliest(0.0) == 2.5
         now[0] = 2.5
         await second.acquire()  # the other sink spends the next slot...

@@ -1,0 +1,130 @@
+"""Following accepted imports to their end: one poller per sink, spread over all its imports.
+
+An API that imports asynchronously (Rally UXR, mediarithmics) answers 202 with an id and fails records
+later. Each import is asked about with growing pauses (0.5 s up to 5 s), one request at a time for the
+whole sink, not one loop per import; status requests use only the rate-limit budget data requests leave.
+
+The status endpoint is our assumption where the public docs are silent. An answer of 404, 405 or 501
+beyond GRACE seconds after the 202 means it does not exist: that is said once (log and the
+`import_status_unsupported` gauge) and tracking stops for the sink; what the sink then does with its
+imports (count them as delivered, or stop under `ack: completed`) is its decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from connector.delivery.service import DeliveryService, Tracked
+from connector.destinations.base import Done, FollowUp, Request
+
+log = logging.getLogger(__name__)
+
+GRACE = 10.0  # seconds after the 202 during which "not found" means "not visible yet"
+FIRST_PAUSE = 0.5
+MAX_PAUSE = 5.0
+MAX_POLLS = 400  # non-terminal answers before an import's records count as failed (about 30 min)
+
+
+@dataclass(slots=True)
+class Followed:
+    tracked: Tracked
+    request: Request
+    accepted_at: float
+    pause: float = FIRST_PAUSE
+    polls: int = 0
+
+
+class ImportFollower:
+    """The imports of one sink still running. `on_done(tracked, done)` runs once for each that ends;
+    `on_unsupported(status, imports)` once, with the imports still followed, if the endpoint is missing."""
+
+    def __init__(
+        self,
+        service: DeliveryService,
+        on_done: Callable[[Tracked, Done], None],
+        on_unsupported: Callable[[int, list[Tracked]], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._service = service
+        self._on_done = on_done
+        self._on_unsupported = on_unsupported
+        self._clock = clock
+        self._due: list[tuple[float, int, Followed]] = []
+        self._order = itertools.count()
+        self._wake = asyncio.Event()
+        self.unsupported: int | None = None  # the status that showed the endpoint does not exist
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def followed(self) -> list[Tracked]:
+        return [entry.tracked for _, _, entry in self._due]
+
+    def add(self, tracked: Tracked) -> None:
+        now = self._clock()
+        entry = Followed(tracked, tracked.status, now)
+        heapq.heappush(self._due, (now + entry.pause, next(self._order), entry))
+        self._wake.set()
+
+    def drop(self, keep: Callable[[Tracked], bool]) -> None:
+        """Forget the imports for which `keep` is false (their partitions were revoked)."""
+        kept = [item for item in self._due if keep(item[2].tracked)]
+        if len(kept) != len(self._due):
+            self._due = kept
+            heapq.heapify(self._due)
+
+    async def run(self) -> None:
+        """Poll until cancelled. DestinationAuthError (status refused our credentials) propagates."""
+        while True:
+            if not self._due:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            due, _, entry = self._due[0]
+            now = self._clock()
+            if due > now:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), due - now)
+                continue
+            heapq.heappop(self._due)
+            reading = await self._service.poll_status(entry.request, entry.tracked.records)
+            self._read(entry, reading)
+
+    def _read(self, entry: Followed, reading: object) -> None:
+        now = self._clock()
+        if isinstance(reading, Done):
+            self._on_done(entry.tracked, reading)
+            return
+        if isinstance(reading, FollowUp):
+            entry.request, entry.pause = reading.request, 0.0
+        elif isinstance(reading, int):
+            if now - entry.accepted_at >= GRACE:
+                self._give_up_tracking(reading, entry)
+                return
+        else:
+            entry.polls += 1  # Pending, or no usable answer
+            if entry.polls >= MAX_POLLS:
+                message = f"import {entry.tracked.import_id} not terminal after {entry.polls} status requests"
+                self._on_done(entry.tracked, Done(dict.fromkeys(range(len(entry.tracked.records)), message)))
+                return
+        heapq.heappush(self._due, (now + entry.pause, next(self._order), entry))
+        entry.pause = min(max(entry.pause, FIRST_PAUSE) * 1.5, MAX_PAUSE)
+
+    def _give_up_tracking(self, status: int, entry: Followed) -> None:
+        self.unsupported = status
+        log.warning(
+            "%s: import status requests keep answering HTTP %d; import outcomes are no longer followed",
+            self._service.destination.type,
+            status,
+        )
+        pending = [entry.tracked, *(e.tracked for _, _, e in self._due)]
+        self._due = []
+        self._on_unsupported(status, pending)

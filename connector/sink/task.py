@@ -1,0 +1,310 @@
+"""The task side of a sink (as Kafka Connect's SinkTask): decode → validate → batch → deliver → settle.
+
+It is handed consumed messages (`put`), closes batches by count, bytes and time, delivers them through
+the shared send stack, and settles each record: delivered, or written to the dead-letter topic and
+acknowledged. Settled offsets go to the OffsetTracker it shares with the worker, which commits them.
+It never calls Kafka's consumer: the worker does (consume, pause, commit, rebalance).
+
+Ordering: records are spread over `delivery.concurrency` lanes by key, and a lane has at most one request
+in flight, so records with the same key reach the destination in offset order.
+
+What the sink holds (for the memory bound and the `buffered_*` gauges) is derived from the batches it
+holds, never counted by hand: each lane's open batch, its closed batches, its batch in flight, and, with
+`ack: completed`, the records of imports still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, Protocol
+
+from confluent_kafka import Message
+
+from connector.codec import DecodeError, Decoder, Validator
+from connector.delivery.imports import ImportFollower
+from connector.delivery.service import BatchResult, DeliveryService, Failure, Tracked
+from connector.destinations.base import Destination, Done
+from connector.errors import ConnectorError, DeadLetterError, FatalError
+from connector.metrics import SinkMetrics
+from connector.records import Record
+from connector.sink.batcher import Batch, Batcher
+from connector.sink.offsets import OffsetTracker, TopicPartition
+
+log = logging.getLogger(__name__)
+
+
+def _size(record: Record) -> int:
+    return record.size
+
+
+class DeadLetters(Protocol):
+    """Where failed records go (connector.deadletter.DeadLetterWriter, or a fake in unit tests)."""
+
+    topic: str
+    pending: int
+
+    def write(self, record: Record, failure: Failure) -> None: ...
+
+    def poll(self) -> None: ...
+
+    def flush(self, timeout: float) -> int: ...
+
+
+class Lane:
+    """An ordered line of batches with at most one request in flight."""
+
+    __slots__ = ("batcher", "inflight", "ready")
+
+    def __init__(self, batcher: Batcher[Record]) -> None:
+        self.batcher = batcher
+        self.ready: deque[Batch[Record]] = deque()
+        self.inflight: Batch[Record] | None = None
+
+    def batches(self) -> Iterable[Batch[Record]]:
+        if self.batcher.open_batch is not None:
+            yield self.batcher.open_batch
+        yield from self.ready
+        if self.inflight is not None:
+            yield self.inflight
+
+
+class SinkTask:
+    def __init__(
+        self,
+        name: str,
+        decoder: Decoder,
+        validate: Validator,
+        destination: Destination,
+        service: DeliveryService,
+        offsets: OffsetTracker,
+        metrics: SinkMetrics,
+        *,
+        lanes: int,
+        max_records: int,
+        max_bytes: int,
+        max_wait: float,
+    ) -> None:
+        self.name = name
+        self.decoder = decoder
+        self.validate = validate
+        self.destination = destination
+        self.service = service
+        self.offsets = offsets
+        self.m = metrics
+        self.max_bytes = max_bytes
+        self.lanes = [Lane(Batcher(max_records, max_bytes, max_wait)) for _ in range(lanes)]
+        self.imports = ImportFollower(service, self._import_done, self._imports_unfollowed)
+        self.dead_letters: DeadLetters | None = None
+        self.fatal: BaseException | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._follower: asyncio.Task[None] | None = None
+
+    def attach(self, dead_letters: DeadLetters) -> None:
+        """The dead-letter writer; it calls `dead_lettered` once the broker has answered."""
+        self.dead_letters = dead_letters
+
+    # --- put: the per-record hot path ----------------------------------------------------------------------
+
+    def put(self, messages: list[Message], now: float) -> list[Message]:
+        """Track, decode, validate and batch consumed messages; failures go to the dead-letter topic.
+        Returns the messages that carry a consumer error instead of a record, for the worker."""
+        state_of, lanes, nlanes = self.offsets.state, self.lanes, len(self.lanes)
+        decode, validate, check = self.decoder.decode, self.validate, self.destination.check
+        max_bytes = self.max_bytes
+        consumed: dict[str, int] = {}
+        errors: list[Message] = []
+        for message in messages:
+            if message.error() is not None:
+                errors.append(message)
+                continue
+            topic: str = message.topic()  # type: ignore[assignment]
+            partition: int = message.partition()  # type: ignore[assignment]
+            state = state_of((topic, partition))
+            if state is None:
+                continue  # a message of a partition revoked since it was fetched
+            offset: int = message.offset()  # type: ignore[assignment]
+            state.pending.append(offset)  # holds the commit point back until settled
+            value = message.value()
+            size = len(value) if value is not None else 0
+            record = Record(message, topic, partition, offset, state.epoch, size)
+            consumed[topic] = consumed.get(topic, 0) + 1
+            if value is None:
+                self.dead_letter(record, Failure("decode_error", "the record has no value (tombstone)"))
+                continue
+            if size > max_bytes:
+                self.dead_letter(
+                    record,
+                    Failure("record_too_large", f"{size} bytes is above batch.max_bytes ({max_bytes})"),
+                )
+                continue
+            try:
+                payload = decode(value)
+            except DecodeError as exc:
+                self.dead_letter(record, Failure("decode_error", str(exc)))
+                continue
+            problem = validate(payload) or check(payload)
+            if problem is not None:
+                self.dead_letter(record, Failure("invalid_record", problem))
+                continue
+            record.payload = payload
+            key = message.key()
+            lane = lanes[(hash(key) if key is not None else partition) % nlanes]
+            for closed in lane.batcher.add(record, size, now):
+                lane.ready.append(closed)
+        for topic, n in consumed.items():
+            self.m.consumed(topic, n)
+        return errors
+
+    # --- batches out ---------------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Close batches whose time has come and start a request on every idle lane that has one."""
+        for lane in self.lanes:
+            batch = lane.batcher.take_due(now)
+            if batch is not None:
+                lane.ready.append(batch)
+            if lane.inflight is None and lane.ready:
+                lane.inflight = lane.ready.popleft()
+                self._spawn(self._deliver(lane, lane.inflight))
+        if self.dead_letters is not None:
+            self.dead_letters.poll()
+
+    async def _deliver(self, lane: Lane, batch: Batch[Record]) -> None:
+        try:
+            result: BatchResult = await self.service.deliver(batch.items)
+        except FatalError as exc:
+            log.error("%s: %s", self.name, exc)
+            self.fatal = exc
+            return  # the lane stays busy: nothing more is sent, nothing of this batch is settled
+        except Exception as exc:
+            log.exception("%s: delivery failed unexpectedly", self.name)
+            self.fatal = exc
+            return
+        # With ack: completed, records in a running import settle only once it is terminal.
+        hold = self.destination.ack_completed and self.imports.unsupported is None
+        held = {id(r) for t in result.tracked for r in t.records} if hold else set()
+        for record in result.delivered:
+            if id(record) not in held:
+                self.offsets.settle((record.topic, record.partition), record.epoch, record.offset)
+        for record, failure in result.failed:
+            self.dead_letter(record, failure)
+        if self.imports.unsupported is None:
+            for tracked in result.tracked:
+                self.imports.add(tracked)
+            if result.tracked and self._follower is None:
+                self._follower = asyncio.create_task(self._follow())
+        lane.inflight = None
+
+    async def _follow(self) -> None:
+        try:
+            await self.imports.run()
+        except ConnectorError as exc:
+            log.error("%s: %s", self.name, exc)
+            self.fatal = exc
+        except Exception as exc:
+            log.exception("%s: following imports failed unexpectedly", self.name)
+            self.fatal = exc
+
+    def _import_done(self, tracked: Tracked, done: Done) -> None:
+        """An import ended; its failed records are dead-lettered with reason import_failed."""
+        hold = self.destination.ack_completed
+        for i, record in enumerate(tracked.records):
+            message = done.failed.get(i)
+            if message is not None:
+                self.dead_letter(
+                    record, Failure("import_failed", message, attempts=1, import_id=tracked.import_id)
+                )
+            elif hold:
+                self.offsets.settle((record.topic, record.partition), record.epoch, record.offset)
+        self.m.imports("failed" if done.failed else "completed")
+        if done.failed:
+            log.warning("%s: import %s: %d records failed", self.name, tracked.import_id, len(done.failed))
+
+    def _imports_unfollowed(self, status: int, pending: list[Tracked]) -> None:
+        self.m.import_status_unsupported.set(1)
+        if self.destination.ack_completed:
+            self.fatal = FatalError(
+                f"{self.name}: ack: completed needs the import status endpoint, which answers HTTP "
+                f"{status}; set ack: accepted to deliver without following imports"
+            )
+            return  # nothing of these imports is settled, so nothing past them is committed
+        for tracked in pending:
+            self._import_done(tracked, Done())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- settling ------------------------------------------------------------------------------------------
+
+    def dead_letter(self, record: Record, failure: Failure) -> None:
+        if self.offsets.epoch((record.topic, record.partition)) != record.epoch:
+            return  # revoked meanwhile: the partition's new owner decides about this record
+        assert self.dead_letters is not None, "attach() the dead-letter writer first"
+        self.dead_letters.write(record, failure)
+
+    def dead_lettered(self, record: Record, failure: Failure, ok: bool) -> None:
+        """The broker answered a dead-letter write."""
+        if ok:
+            self.offsets.settle((record.topic, record.partition), record.epoch, record.offset)
+        elif self.fatal is None:
+            topic = self.dead_letters.topic if self.dead_letters is not None else "?"
+            self.fatal = DeadLetterError(f"{self.name}: could not write to dead-letter topic {topic}")
+
+    # --- what is held --------------------------------------------------------------------------------------
+
+    def buffered(self) -> tuple[int, int]:
+        """(records, bytes) held in memory, derived from the batches and imports held."""
+        records = nbytes = 0
+        for lane in self.lanes:
+            for batch in lane.batches():
+                records += len(batch.items)
+                nbytes += batch.nbytes
+        if self.destination.ack_completed:
+            for tracked in self.imports.followed():
+                records += len(tracked.records)
+                nbytes += tracked.nbytes
+        return records, nbytes
+
+    def close_partitions(self, gone: set[TopicPartition]) -> None:
+        """Kafka Connect's close(): forget what is buffered for these partitions. A batch in flight is
+        left to finish: its answer settles nothing, as its records' epoch has moved on."""
+
+        def keep(r: Record) -> bool:
+            return (r.topic, r.partition) not in gone
+
+        for lane in self.lanes:
+            lane.batcher.retain(keep, _size)
+            for batch in lane.ready:
+                batch.retain(keep, _size)
+            lane.ready = deque(b for b in lane.ready if b.items)
+        if self.destination.ack_completed:
+            self.imports.drop(lambda t: all(keep(r) for r in t.records))
+
+    def idle(self) -> bool:
+        """Nothing buffered, nothing in flight, no dead letter awaiting its acknowledgement."""
+        pending = self.dead_letters.pending if self.dead_letters is not None else 0
+        return not self._tasks and pending == 0 and not self.imports and self.buffered()[0] == 0
+
+    def flush(self) -> None:
+        """Close every open batch whatever its age (shutdown)."""
+        for lane in self.lanes:
+            batch = lane.batcher.flush()
+            if batch is not None:
+                lane.ready.append(batch)
+
+    async def stop(self, deadline: float, clock: Callable[[], float]) -> None:
+        """Deliver what is held until `deadline`, then cancel what is still running."""
+        if self.fatal is None:
+            self.flush()
+            while self.fatal is None and clock() < deadline and not self.idle():
+                self.tick(clock())
+                await asyncio.sleep(0.01)
+        running = [*self._tasks, *([self._follower] if self._follower is not None else [])]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)

@@ -1,0 +1,253 @@
+"""The Kafka side of a sink (as Kafka Connect's WorkerSinkTask): consume, pause/resume, commit, rebalance.
+
+It runs on the asyncio loop: `consume()` is called with a zero timeout so it never blocks the loop, and
+every call back from librdkafka (rebalance, commit, statistics, errors) happens inside consume() on this
+same thread. Records go to the task (`put`); the task settles them in the shared OffsetTracker, and the
+worker commits a partition's settled watermark as soon as it moves: asynchronously, one commit in flight
+at a time, at most every COMMIT_MIN_INTERVAL, so a crash repeats little more than what was in flight.
+
+Kafka's health is followed: the `kafka_connected` gauge and readiness turn 0/not ready when librdkafka
+reports every broker down, and back when a broker is up again (statistics, a commit, a record).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from connector.metrics import SinkMetrics
+from connector.sink.backpressure import Backpressure
+from connector.sink.offsets import OffsetTracker
+from connector.sink.task import DeadLetters, SinkTask
+
+log = logging.getLogger(__name__)
+
+CONSUME_MAX = 500  # messages handed over per consume() call
+IDLE_SLEEP = 0.01  # seconds to yield when Kafka had nothing for us
+COMMIT_MIN_INTERVAL = 0.05  # seconds between commits: coalesces the watermark's many small moves
+COMMIT_STUCK = 15.0  # a commit with no callback after this long is taken as failed
+GAUGE_INTERVAL = 1.0
+# librdkafka errors that mean no broker can be reached right now.
+_DISCONNECTED = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE})
+
+
+class SinkWorker:
+    def __init__(
+        self,
+        name: str,
+        subscription: list[str],
+        consumer: Consumer,  # a real one, or a fake in unit tests
+        task: SinkTask,
+        dead_letters: DeadLetters,
+        backpressure: Backpressure,
+        metrics: SinkMetrics,
+        *,
+        shutdown_timeout: float = 30.0,
+        on_close: Callable[[], Awaitable[None]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.subscription = subscription
+        self.consumer = consumer
+        self.task = task
+        self.offsets: OffsetTracker = task.offsets
+        self.dead_letters = dead_letters
+        self.backpressure = backpressure
+        self.m = metrics
+        self.shutdown_timeout = shutdown_timeout
+        self._on_close = on_close
+        self._clock = clock
+        self.heartbeat = clock()
+        self.assigned = False
+        self.connected = True  # until librdkafka says otherwise
+        self._fatal: BaseException | None = None
+        self._paused: set[tuple[str, int]] = set()
+        self._commit_started: float | None = None  # when the commit in flight was started
+        self._last_commit = 0.0
+        metrics.kafka_connected.set(1)
+
+    @property
+    def fatal(self) -> BaseException | None:
+        return self._fatal or self.task.fatal
+
+    def ready(self) -> bool:
+        return self.assigned and self.connected
+
+    # --- the loop ------------------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set or a fatal error; then flush, settle, commit and close."""
+        self.consumer.subscribe(
+            self.subscription, on_assign=self.on_assign, on_revoke=self.on_revoke, on_lost=self.on_lost
+        )
+        next_gauges = self._clock()
+        try:
+            while not stop.is_set() and self.fatal is None:
+                messages = self.consumer.consume(CONSUME_MAX, 0)
+                now = self.heartbeat = self._clock()
+                if messages:
+                    self._connected(True)
+                    for error in self.task.put(messages, now):
+                        self._consumer_error(error)
+                self.task.tick(now)
+                self._apply_backpressure()
+                self.commit(now)
+                if now >= next_gauges:
+                    self._update_gauges()
+                    next_gauges = now + GAUGE_INTERVAL
+                await asyncio.sleep(0 if messages else IDLE_SLEEP)
+        finally:
+            await self._shutdown()
+        if self.fatal is not None:
+            raise self.fatal
+
+    def _consumer_error(self, message: Message) -> None:
+        error = message.error()
+        if error is not None and error.code() != KafkaError._PARTITION_EOF:
+            log.warning("%s: consumer error: %s", self.name, error)
+            if error.fatal():
+                self._fatal = KafkaException(error)
+
+    # --- committing ----------------------------------------------------------------------------------------
+
+    def commit(self, now: float, sync: bool = False) -> None:
+        """Commit the settled watermarks that moved; async commits are coalesced, one in flight."""
+        if not sync:
+            started = self._commit_started
+            if started is not None and now - started < COMMIT_STUCK:
+                return
+            if now - self._last_commit < COMMIT_MIN_INTERVAL:
+                return
+        points = self.offsets.to_commit()
+        if not points:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in points.items()]
+        self._last_commit = now
+        try:
+            if sync:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+            else:
+                self._commit_started = now
+                self.consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as exc:
+            self._commit_started = None
+            self.m.commit("failed")
+            log.warning("%s: commit failed: %s", self.name, exc)
+            for tp in offsets:
+                self.offsets.commit_failed((tp.topic, tp.partition), tp.offset)
+
+    def on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        self._commit_started = None
+        self.m.commit("failed" if error is not None else "success")
+        if error is not None:
+            # Typically ILLEGAL_GENERATION during a rebalance: commit these points again next time.
+            log.warning("%s: commit failed: %s", self.name, error)
+            for tp in partitions:
+                self.offsets.commit_failed((tp.topic, tp.partition), tp.offset)
+        else:
+            self._connected(True)
+
+    # --- rebalance (librdkafka callbacks, inside consume() on this thread) ---------------------------------
+
+    def on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        for p in partitions:
+            self.offsets.assign((p.topic, p.partition))
+        self.assigned = True
+        log.info("%s: assigned %s", self.name, [f"{p.topic}[{p.partition}]" for p in partitions])
+
+    def on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._close_partitions(partitions, commit=True)
+
+    def on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._close_partitions(partitions, commit=False)
+
+    def _close_partitions(self, partitions: list[TopicPartition], commit: bool) -> None:
+        """Commit what is settled, drop what is buffered for these partitions, forget their lag."""
+        gone = {(p.topic, p.partition) for p in partitions}
+        self.task.close_partitions(gone)
+        points = [(tp, self.offsets.revoke(tp)) for tp in gone]
+        self._paused -= gone
+        for topic, partition in gone:
+            self.m.forget_lag(topic, partition)
+        to_commit = [TopicPartition(t, p, o) for (t, p), o in points if o is not None]
+        if commit and to_commit:
+            try:
+                self.consumer.commit(offsets=to_commit, asynchronous=False)
+            except KafkaException as exc:
+                log.warning("%s: commit on revoke failed: %s", self.name, exc)
+        log.info("%s: %s %s", self.name, "revoked" if commit else "lost", sorted(gone))
+
+    # --- Kafka's health ------------------------------------------------------------------------------------
+
+    def on_stats(self, stats_json: str) -> None:
+        stats = orjson.loads(stats_json)
+        brokers = stats.get("brokers", {}).values()
+        self._connected(any(b.get("state") == "UP" for b in brokers))
+        for topic, t in stats.get("topics", {}).items():
+            for pid, p in t.get("partitions", {}).items():
+                lag = p.get("consumer_lag", -1)
+                if pid != "-1" and lag >= 0 and self.offsets.state((topic, int(pid))) is not None:
+                    self.m.lag(topic, int(pid), lag)
+
+    def on_kafka_error(self, error: KafkaError) -> None:
+        if error.code() in _DISCONNECTED:
+            self._connected(False)
+        log.warning("%s: kafka: %s", self.name, error)
+        if error.fatal() and self._fatal is None:
+            self._fatal = KafkaException(error)
+
+    def _connected(self, up: bool) -> None:
+        if up != self.connected:
+            self.connected = up
+            self.m.kafka_connected.set(1 if up else 0)
+            state = "reachable again" if up else "unreachable"
+            log.log(logging.INFO if up else logging.WARNING, "%s: Kafka %s", self.name, state)
+
+    # --- backpressure, gauges, shutdown --------------------------------------------------------------------
+
+    def _apply_backpressure(self) -> None:
+        bp = self.backpressure
+        records, nbytes = self.task.buffered()
+        held = self.task.service.rate_limiter.held()
+        change = bp.update(records, nbytes, held)
+        if change is True:
+            log.info("%s: pausing partitions (%d bytes buffered, held back: %s)", self.name, nbytes, held)
+        elif change is False:
+            if self._paused:
+                self.consumer.resume([TopicPartition(t, p) for t, p in self._paused])
+                self._paused.clear()
+            self.m.paused.set(0)
+            log.info("%s: resuming partitions", self.name)
+        if bp.paused:
+            # Also pause partitions assigned while paused.
+            newly = set(self.offsets.partitions()) - self._paused
+            if newly:
+                self.consumer.pause([TopicPartition(t, p) for t, p in newly])
+                self._paused |= newly
+                self.m.paused.set(len(self._paused))
+
+    def _update_gauges(self) -> None:
+        records, nbytes = self.task.buffered()
+        self.m.buffered_records.set(records)
+        self.m.buffered_bytes.set(nbytes)
+        self.task.service.rate_limiter.account_stall()
+
+    async def _shutdown(self) -> None:
+        deadline = self._clock() + self.shutdown_timeout
+        await self.task.stop(deadline, self._clock)
+        self.dead_letters.flush(max(1.0, deadline - self._clock()))
+        self.commit(self._clock(), sync=True)
+        self._update_gauges()
+        try:
+            self.consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("%s: closing the consumer: %s", self.name, exc)
+        if self._on_close is not None:
+            await self._on_close()
+        log.info("%s: stopped", self.name)
