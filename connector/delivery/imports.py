@@ -39,6 +39,7 @@ class Followed:
     accepted_at: float
     pause: float = FIRST_PAUSE
     polls: int = 0
+    dropped: bool = False
 
 
 class ImportFollower:
@@ -59,13 +60,16 @@ class ImportFollower:
         self._due: list[tuple[float, int, Followed]] = []
         self._order = itertools.count()
         self._wake = asyncio.Event()
+        self._asking: Followed | None = None  # the import whose status request is out now
         self.unsupported: int | None = None  # the status that showed the endpoint does not exist
 
     def __len__(self) -> int:
-        return len(self._due)
+        return len(self._due) + (self._asking is not None)
 
     def followed(self) -> list[Tracked]:
-        return [entry.tracked for _, _, entry in self._due]
+        """Every import still followed, including the one being asked about."""
+        asking = [self._asking.tracked] if self._asking is not None else []
+        return [*asking, *(entry.tracked for _, _, entry in self._due)]
 
     def add(self, tracked: Tracked) -> None:
         now = self._clock()
@@ -75,6 +79,8 @@ class ImportFollower:
 
     def drop(self, keep: Callable[[Tracked], bool]) -> None:
         """Forget the imports for which `keep` is false (their partitions were revoked)."""
+        if self._asking is not None and not keep(self._asking.tracked):
+            self._asking.dropped = True
         kept = [item for item in self._due if keep(item[2].tracked)]
         if len(kept) != len(self._due):
             self._due = kept
@@ -95,7 +101,13 @@ class ImportFollower:
                     await asyncio.wait_for(self._wake.wait(), due - now)
                 continue
             heapq.heappop(self._due)
-            reading = await self._service.poll_status(entry.request, entry.tracked.records)
+            self._asking = entry
+            try:
+                reading = await self._service.poll_status(entry.request, entry.tracked.records)
+            finally:
+                self._asking = None
+            if entry.dropped:
+                continue  # its partitions were revoked while it was asked about
             self._read(entry, reading)
 
     def _read(self, entry: Followed, reading: object) -> None:

@@ -44,7 +44,11 @@ class DeadLetters(Protocol):
     """Where failed records go (connector.deadletter.DeadLetterWriter, or a fake in unit tests)."""
 
     topic: str
-    pending: int
+
+    @property
+    def pending(self) -> int:
+        """Writes the broker has not answered yet."""
+        ...
 
     def write(self, record: Record, failure: Failure) -> None: ...
 

@@ -1,0 +1,300 @@
+"""The worker (Kafka side) and the task (decode, batch, deliver, settle) with injected fakes.
+
+The fake consumer hands out real confluent_kafka Message objects, calls the rebalance and commit callbacks
+from inside consume() as librdkafka does, and records commits and pauses; the API is httpx.MockTransport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, cast
+
+import httpx
+import orjson
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+
+from connector.codec.json import JsonDecoder
+from connector.codec.schema import validator_for
+from connector.config import DeliverySettings, RetrySettings
+from connector.delivery.service import DeliveryService, Failure
+from connector.destinations.rally_uxr import RallyUxrActivities
+from connector.metrics import Metrics
+from connector.records import Record
+from connector.sink.backpressure import Backpressure
+from connector.sink.offsets import OffsetTracker
+from connector.sink.task import SinkTask
+from connector.sink.worker import SinkWorker
+from tests.unit.helpers import activity
+
+TOPIC = "t"
+
+
+def message(
+    offset: int, partition: int = 0, payload: dict[str, Any] | None = None, raw: bytes = b""
+) -> Message:
+    value = raw or orjson.dumps(payload or activity(f"p{offset}"))
+    return Message(
+        topic=TOPIC,
+        partition=partition,
+        offset=offset,
+        key=f"k{offset}".encode(),
+        value=value,
+        timestamp=(1, 1_700_000_000_000),
+    )
+
+
+class FakeConsumer:
+    def __init__(self, partitions: list[int]) -> None:
+        self.partitions = partitions
+        self.queue: list[Message] = []
+        self.commits: list[tuple[dict[tuple[str, int], int], bool]] = []
+        self.paused: set[tuple[str, int]] = set()
+        self.callbacks: dict[str, Callable[..., None]] = {}
+        self.on_commit: Callable[[KafkaError | None, list[TopicPartition]], None] | None = None
+        self._pending_commit: list[TopicPartition] | None = None
+        self._assigned = False
+        self.closed = False
+
+    def subscribe(self, topics: list[str], **callbacks: Callable[..., None]) -> None:
+        self.callbacks = callbacks
+
+    def consume(self, num_messages: int, timeout: float) -> list[Message]:
+        if not self._assigned:
+            self._assigned = True
+            self.callbacks["on_assign"](self, [TopicPartition(TOPIC, p) for p in self.partitions])
+        if self._pending_commit is not None and self.on_commit is not None:
+            done, self._pending_commit = self._pending_commit, None
+            self.on_commit(None, done)
+        out = [m for m in self.queue if (m.topic(), m.partition()) not in self.paused][:num_messages]
+        for m in out:
+            self.queue.remove(m)
+        return out
+
+    def commit(self, *, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        self.commits.append(({(tp.topic, tp.partition): tp.offset for tp in offsets}, asynchronous))
+        if asynchronous:
+            self._pending_commit = offsets  # answered from the next consume(), as librdkafka does
+
+    def revoke(self, partitions: list[int]) -> None:
+        self.callbacks["on_revoke"](self, [TopicPartition(TOPIC, p) for p in partitions])
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        self.paused |= {(tp.topic, tp.partition) for tp in partitions}
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        self.paused -= {(tp.topic, tp.partition) for tp in partitions}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeDeadLetters:
+    """Acknowledges every write on the next poll(), as the broker would."""
+
+    def __init__(self, task: SinkTask) -> None:
+        self.topic = "t.dlq"
+        self.task = task
+        self.written: list[tuple[int, str]] = []
+        self._unacked: list[tuple[Record, Failure]] = []
+
+    @property
+    def pending(self) -> int:
+        return len(self._unacked)
+
+    def write(self, record: Record, failure: Failure) -> None:
+        self._unacked.append((record, failure))
+
+    def poll(self) -> None:
+        unacked, self._unacked = self._unacked, []
+        for record, failure in unacked:
+            self.written.append((record.offset, failure.reason))
+            self.task.dead_lettered(record, failure, True)
+
+    def flush(self, timeout: float) -> int:
+        self.poll()
+        return 0
+
+
+def accepted(request: httpx.Request) -> httpx.Response:
+    if request.method == "GET":
+        return httpx.Response(200, json={"importId": "i1", "status": "COMPLETED", "failedRecords": None})
+    return httpx.Response(202, json={"message": "ok", "importId": "i1"})
+
+
+def build(
+    handler: Callable[[httpx.Request], httpx.Response] = accepted,
+    *,
+    lanes: int = 2,
+    max_records: int = 10,
+    max_wait: float = 0.05,
+    partitions: tuple[int, ...] = (0,),
+) -> tuple[SinkWorker, FakeConsumer, FakeDeadLetters, Metrics, httpx.AsyncClient]:
+    metrics = Metrics()
+    m = metrics.sink("s")
+    settings = DeliverySettings(
+        concurrency=lanes, retry=RetrySettings(max_attempts=3, initial_backoff=0.001, max_backoff=0.01)
+    )
+    client = httpx.AsyncClient(base_url="http://api", transport=httpx.MockTransport(handler))
+    destination = RallyUxrActivities({})
+    service = DeliveryService(destination, client, settings, m)
+    task = SinkTask(
+        "s",
+        JsonDecoder(),
+        validator_for(destination.schema_file),
+        destination,
+        service,
+        OffsetTracker(),
+        m,
+        lanes=lanes,
+        max_records=max_records,
+        max_bytes=1 << 20,
+        max_wait=max_wait,
+    )
+    dead_letters = FakeDeadLetters(task)
+    task.attach(dead_letters)
+    consumer = FakeConsumer(list(partitions))
+    worker = SinkWorker(
+        "s",
+        [TOPIC],
+        cast(Consumer, consumer),
+        task,
+        dead_letters,
+        Backpressure(1 << 20, max_records * lanes),
+        m,
+        shutdown_timeout=2.0,
+        on_close=client.aclose,
+    )
+    consumer.on_commit = worker.on_commit
+    return worker, consumer, dead_letters, metrics, client
+
+
+async def run_until(worker: SinkWorker, done: Callable[[], bool], limit: float = 5.0) -> float:
+    """Run the worker until `done()`, then stop it; returns the seconds `done()` took to come true."""
+    stop = asyncio.Event()
+    runner = asyncio.create_task(worker.run(stop))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while not done():
+        assert loop.time() - started < limit, "condition not reached"
+        assert not runner.done(), runner.exception()
+        await asyncio.sleep(0.005)
+    took = loop.time() - started
+    stop.set()
+    await runner
+    return took
+
+
+def last_commit(consumer: FakeConsumer) -> dict[tuple[str, int], int]:
+    merged: dict[tuple[str, int], int] = {}
+    for points, _ in consumer.commits:
+        merged.update(points)
+    return merged
+
+
+def test_settled_records_are_committed_as_soon_as_the_watermark_moves() -> None:
+    worker, consumer, dead_letters, _, _ = build()
+    consumer.queue = [message(i) for i in range(5)] + [message(5, raw=b"not json")]
+
+    # Committed long before the old 1 s interval: as soon as the batch's answer settled it.
+    took = asyncio.run(run_until(worker, lambda: last_commit(consumer).get((TOPIC, 0)) == 6))
+    assert took < 0.8
+    assert dead_letters.written == [(5, "decode_error")]
+    assert any(asynchronous for _, asynchronous in consumer.commits)
+    assert consumer.closed
+
+
+def test_commits_are_coalesced_one_in_flight() -> None:
+    worker, consumer, _, _, _ = build(max_records=1, max_wait=0.0)
+    consumer.queue = [message(i) for i in range(40)]
+    in_flight: list[int] = []
+    real_commit = consumer.commit
+
+    def commit(*, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        in_flight.append(1 if consumer._pending_commit is not None and asynchronous else 0)
+        real_commit(offsets=offsets, asynchronous=asynchronous)
+
+    consumer.commit = commit  # type: ignore[method-assign]
+    asyncio.run(run_until(worker, lambda: last_commit(consumer).get((TOPIC, 0)) == 40))
+    assert not any(in_flight), "a commit was started while another was in flight"
+    assert len(consumer.commits) < 40  # 40 settled batches, fewer commits
+
+
+def test_held_counts_come_from_the_batches_and_are_zero_after_a_revoke_mid_run() -> None:
+    """Issue 7 #2: a revoke used to subtract the bytes of closed batches twice (-400 where 0 was due)."""
+    release = asyncio.Event()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await release.wait()
+        return accepted(request)
+
+    worker, consumer, _, metrics, _ = build(slow, lanes=1, max_records=4, partitions=(0, 1))  # type: ignore[arg-type]
+    sizes = {}
+    for i in range(12):
+        m = message(i, partition=i % 2)
+        sizes[(i % 2, i)] = len(m.value() or b"")
+        consumer.queue.append(m)
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        runner = asyncio.create_task(worker.run(stop))
+        while consumer.queue:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.02)
+        # One batch in flight (held by the API), two closed and waiting, none open.
+        records, nbytes = worker.task.buffered()
+        assert (records, nbytes) == (12, sum(sizes.values()))
+        in_flight = worker.task.lanes[0].inflight
+        assert in_flight is not None and len(worker.task.lanes[0].ready) == 2
+        consumer.revoke([1])
+        # Kept: partition 0's records, and the batch in flight whole (its answer will settle nothing of 1).
+        kept = {k for k in sizes if k[0] == 0} | {(r.partition, r.offset) for r in in_flight.items}
+        assert worker.task.buffered() == (len(kept), sum(sizes[k] for k in kept))
+        release.set()
+        while worker.task.buffered() != (0, 0):  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(1.1)  # the gauges are refreshed once a second
+        assert metrics.value("buffered_records", {"sink": "s"}) == 0
+        assert metrics.value("buffered_bytes", {"sink": "s"}) == 0
+        stop.set()
+        await runner
+
+    asyncio.run(go())
+    # Partition 0 (offsets 0, 2, ..., 10) committed to its end; the revoked partition 1 not by us.
+    assert last_commit(consumer)[(TOPIC, 0)] == 11
+
+
+def test_lag_series_of_a_revoked_partition_is_removed() -> None:
+    worker, consumer, _, metrics, _ = build(partitions=(0, 1))
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        runner = asyncio.create_task(worker.run(stop))
+        await asyncio.sleep(0.02)
+        stats = {"topics": {TOPIC: {"partitions": {"0": {"consumer_lag": 5}, "1": {"consumer_lag": 7}}}}}
+        worker.on_stats(orjson.dumps(stats).decode())
+        assert metrics.value("consumer_lag", {"sink": "s", "topic": TOPIC, "partition": "1"}) == 7
+        consumer.revoke([1])
+        worker.on_stats(orjson.dumps(stats).decode())  # librdkafka may still report it: not ours now
+        stop.set()
+        await runner
+
+    asyncio.run(go())
+    registry = metrics.registry
+    assert (
+        registry.get_sample_value(
+            "activity_connector_consumer_lag", {"sink": "s", "topic": TOPIC, "partition": "1"}
+        )
+        is None
+    )
+    assert metrics.value("consumer_lag", {"sink": "s", "topic": TOPIC, "partition": "0"}) == 5
+
+
+def test_kafka_connected_and_readiness_follow_the_brokers() -> None:
+    worker, _, _, metrics, _ = build()
+    worker.assigned = True
+    assert worker.ready()
+    worker.on_kafka_error(KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"))
+    assert not worker.ready() and metrics.value("kafka_connected", {"sink": "s"}) == 0
+    worker.on_stats(orjson.dumps({"brokers": {"b1": {"state": "UP"}}}).decode())
+    assert worker.ready() and metrics.value("kafka_connected", {"sink": "s"}) == 1
