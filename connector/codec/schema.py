@@ -63,7 +63,12 @@ def _check(schema: Any, named: dict[str, Any]) -> Check:
         return lambda v: None if isinstance(v, bytes | str) else f"expected bytes, got {_type_name(v)}"
     if kind == "enum":
         symbols = frozenset(schema["symbols"])
-        return lambda v: None if v in symbols else f"{v!r} is not one of the {len(symbols)} allowed values"
+        # A string test first: `in` on a frozenset raises TypeError for an unhashable value (list, dict).
+        return lambda v: (
+            None
+            if v.__class__ is str and v in symbols
+            else f"{v!r} is not one of the {len(symbols)} allowed values"
+        )
     if kind == "array":
         item = _check(schema["items"], named)
 
@@ -110,7 +115,8 @@ def _union(branches: list[Any], named: dict[str, Any]) -> Check:
         problems = [c(v) for c in checks]
         if any(p is None for p in problems):
             return None
-        return next(p for p in problems if p is not None and "null" not in p)
+        # The most telling problem: one that is not about the null branch, else the first.
+        return next((p for p in problems if p is not None and "null" not in p), problems[0])
 
     return union
 
@@ -161,8 +167,8 @@ def _record(schema: dict[str, Any], named: dict[str, Any]) -> Validator:
             env[f"symbols{i}"] = frozenset(kind["symbols"])
             n = len(kind["symbols"])
             lines.append(
-                f"        if v not in symbols{i}: return {name + ': '!r} + repr(v) + "
-                f"{' is not one of the ' + str(n) + ' allowed values'!r}"
+                f"        if v.__class__ is not str or v not in symbols{i}: "
+                f"return {name + ': '!r} + repr(v) + {' is not one of the ' + str(n) + ' allowed values'!r}"
             )
         else:
             env[f"check{i}"] = _check(field_type, named)

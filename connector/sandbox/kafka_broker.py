@@ -116,6 +116,7 @@ class KafkaBroker:
     def __init__(self) -> None:
         self._process: subprocess.Popen[bytes] | None = None
         self._dir: Path | None = None
+        self._java: list[str] = []
         self.port = 0
 
     @property
@@ -179,7 +180,14 @@ class KafkaBroker:
             raise BrokerError(
                 f"formatting the broker's storage failed:\n{(formatted.stdout + formatted.stderr)[-2000:]}"
             )
-        log = (self._dir / "broker.log").open("wb")
+        self._java = java
+        atexit.register(self.stop)
+        self._launch(timeout)
+
+    def _launch(self, timeout: float) -> None:
+        assert self._dir is not None
+        java = self._java
+        log = (self._dir / "broker.log").open("ab")
         self._process = subprocess.Popen(
             [
                 *java[:1],
@@ -191,14 +199,25 @@ class KafkaBroker:
                 "-Djava.awt.headless=true",
                 *java[1:],
                 "kafka.Kafka",
-                str(props),
+                str(self._dir / "server.properties"),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        atexit.register(self.stop)
         self._wait_ready(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the broker, keeping its data directory and ports (fault injection)."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+    def restart(self, timeout: float = 90.0) -> None:
+        """Start the broker again on the data it had, on the same ports."""
+        if self._process is None:
+            self._launch(timeout)
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

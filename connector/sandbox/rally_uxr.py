@@ -220,7 +220,7 @@ class RallyUxrSimulator(Simulator):
         if refusal is not None:
             return refusal
         found = REGISTRY.status(request.match_info["import_id"])
-        if found is None:
+        if found is None or not self.settings["status_endpoint"]:
             return self.answer(404, {"message": "Import not found"}, headers=headers)
         return self.answer(200, found, headers=headers)
 

@@ -89,3 +89,88 @@ def rate_limit_efficiency(
         "share_429": stats["rate_limited"] / requests if requests else 0.0,
         "stall_seconds": stall,
     }
+
+
+def status_poll_share(
+    bootstrap: str,
+    sandbox_url: str,
+    status_endpoint: bool = True,
+    seconds: float = 30.0,
+    limit: int = 10,
+    window: int = 2,
+    per_request: int = 50,
+) -> dict[str, Any]:
+    """Under a backlog against a rate-limited Rally UXR tenant, which share of the budget carries data?
+
+    Import status polls share the tenant's budget with the imports. The backlog is sized for `seconds`
+    at the full budget; the share is counted over the whole windows of its first 80%. Then the run goes
+    on until every record is committed and every import has been followed to its end (or, without the
+    status endpoint, until tracking was given up).
+    """
+    control = SandboxClient(sandbox_url)
+    control.reset()
+    control.configure(
+        API,
+        rate_limit={"mode": "fixed_window", "limit": limit, "window_seconds": window},
+        status_endpoint=status_endpoint,
+    )
+    topic = f"polls.{uuid.uuid4().hex[:8]}"
+    create_topic(bootstrap, topic, 4)
+    records = int(seconds * limit / window * per_request)
+    produce(bootstrap, topic, json_events(uxr_activity(i) for i in range(records)))
+    settings = parse_settings(
+        {
+            "kafka": {"bootstrap.servers": bootstrap},
+            "metrics": {"listen": "127.0.0.1:0"},
+            "sinks": [
+                {
+                    "name": "polls",
+                    "topics": [topic],
+                    "destination": {
+                        "type": API,
+                        "url": f"{sandbox_url}/rally-uxr/api/public/v1",
+                        "auth": {"type": "bearer", "token": "sandbox-token"},
+                    },
+                    "batch": {"max_records": per_request, "max_wait": "50ms"},
+                    "delivery": {"concurrency": 4},
+                    "dead_letter": {"topic": f"{topic}.dlq"},
+                }
+            ],
+        },
+        env={},
+    )
+    with ConnectorThread(settings) as connector:
+        m = connector.app.sinks[0].m
+        drain_seconds = connector.wait_drained(bootstrap, [topic], timeout=seconds * 4 + 60)
+        deadline = time.monotonic() + 60
+        posts = 0
+        while time.monotonic() < deadline:
+            posts = sum(1 for _, route in control.calls(API) if route.startswith("POST"))
+            followed = m.value("imports_total", outcome="completed") + m.value(
+                "imports_total", outcome="failed"
+            )
+            if followed >= posts or m.value("import_status_unsupported") == 1:
+                break
+            time.sleep(0.2)
+        followed = m.value("imports_total", outcome="completed") + m.value("imports_total", outcome="failed")
+        unsupported = m.value("import_status_unsupported")
+    calls = control.calls(API)
+    stats = control.stats(API)
+    first = math.ceil(calls[0][0] / window) * window
+    windows = int(seconds * 0.8 / window)
+    inside = [route for t, route in calls if first <= t < first + windows * window]
+    imports = sum(1 for route in inside if route.startswith("POST"))
+    requests = sum(stats["requests"].values())
+    return {
+        "status_endpoint": status_endpoint,
+        "records": records,
+        "accepted": stats["accepted"],
+        "budget": limit * windows,
+        "data_share": imports / (limit * windows),
+        "polls_share": (len(inside) - imports) / (limit * windows),
+        "share_429": stats["rate_limited"] / requests if requests else 0.0,
+        "drained_seconds": drain_seconds,
+        "imports": posts,
+        "imports_followed": followed,
+        "status_unsupported": unsupported,
+    }

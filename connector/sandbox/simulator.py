@@ -15,7 +15,9 @@ Settings (changed through `POST /_sandbox/{api}/config`, merged into the current
   `timeout_seconds` (the request is still processed, as a real API would: a client that gave up will send
   a duplicate); `reset_rate`: share of connections reset before an answer; `outage_until`: epoch seconds
   until which every request gets 503; `seed`: for reproducible fault injection.
-- `import_seconds`: how long an asynchronous import takes to reach its terminal status.
+- `import_seconds`: how long an asynchronous import takes to reach its terminal status;
+  `status_endpoint`: false answers every import status request 404, as an API without that endpoint
+  (it is our assumption where the public docs are silent).
 - OAuth2: besides `token`, any unexpired token issued by `POST /_sandbox/oauth/token` is accepted.
 """
 
@@ -42,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "reset_rate": 0.0,
     "outage_until": 0,
     "import_seconds": 0.3,
+    "status_endpoint": True,
     "seed": 1,
 }
 

@@ -9,8 +9,8 @@ Ordering: records are spread over `delivery.concurrency` lanes by key, and a lan
 in flight, so records with the same key reach the destination in offset order.
 
 What the sink holds (for the memory bound and the `buffered_*` gauges) is derived from the batches it
-holds, never counted by hand: each lane's open batch, its closed batches, its batch in flight, and, with
-`ack: completed`, the records of imports still running.
+holds, never counted by hand: each lane's open batch, its closed batches, its batch in flight, and the
+records of imports still followed.
 """
 
 from __future__ import annotations
@@ -268,10 +268,12 @@ class SinkTask:
             for batch in lane.batches():
                 records += len(batch.items)
                 nbytes += batch.nbytes
-        if self.destination.ack_completed:
-            for tracked in self.imports.followed():
-                records += len(tracked.records)
-                nbytes += tracked.nbytes
+        # Imports still followed keep their records (to dead-letter those the import fails), whatever
+        # `ack` says: under backlog their status polls wait for data requests, so they count towards the
+        # bound; once it is reached, intake pauses, data requests drain and the polls catch up.
+        for tracked in self.imports.followed():
+            records += len(tracked.records)
+            nbytes += tracked.nbytes
         return records, nbytes
 
     def close_partitions(self, gone: set[TopicPartition]) -> None:
@@ -286,8 +288,7 @@ class SinkTask:
             for batch in lane.ready:
                 batch.retain(keep, _size)
             lane.ready = deque(b for b in lane.ready if b.items)
-        if self.destination.ack_completed:
-            self.imports.drop(lambda t: all(keep(r) for r in t.records))
+        self.imports.drop(lambda t: all(keep(r) for r in t.records))
 
     def idle(self) -> bool:
         """Nothing buffered, nothing in flight, no dead letter awaiting its acknowledgement."""
