@@ -49,7 +49,9 @@ MAX_PEOPLE = 1000
 def _error_summary(body: bytes) -> str:
     try:
         errors = orjson.loads(body).get("errors") or []
-        return "; ".join(f"{e.get('message')} at {e.get('path')}" for e in errors[:5]) or body[:200].decode("utf-8", "replace")
+        return "; ".join(f"{e.get('message')} at {e.get('path')}" for e in errors[:5]) or body[:200].decode(
+            "utf-8", "replace"
+        )
     except (orjson.JSONDecodeError, AttributeError, TypeError):
         return body[:200].decode("utf-8", "replace")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaException, Producer
 
 from connector.codec import make_decoder, validator_for
 from connector.config import SinkSettings
@@ -20,6 +20,7 @@ from connector.delivery.auth import credentials
 from connector.delivery.ratelimit import ApiWindows
 from connector.delivery.service import DeliveryService, make_client
 from connector.destinations import for_sink
+from connector.errors import ConfigError
 from connector.kafka import consumer_config, producer_config
 from connector.metrics import Metrics
 from connector.sink.backpressure import Backpressure
@@ -73,7 +74,14 @@ def build_sink(
         on_commit=lambda error, partitions: worker.on_commit(error, partitions),
         error_cb=lambda error: worker.on_kafka_error(error),
     )
-    producer = Producer({**producer_config(kafka), "error_cb": lambda error: worker.on_kafka_error(error)})
+    try:
+        consumer = Consumer(config)
+        producer = Producer(
+            {**producer_config(kafka), "error_cb": lambda error: worker.on_kafka_error(error)}
+        )
+    except KafkaException as exc:
+        # librdkafka checks its properties as it builds a client: a typo or a bad value is the user's.
+        raise ConfigError(f"sinks[{index}] kafka/consumer", exc.args[0].str()) from None
     dead_letters = DeadLetterWriter(
         producer, settings.dead_letter_topic, settings.name, destination.type, m, task.dead_lettered
     )
@@ -92,7 +100,7 @@ def build_sink(
     worker = SinkWorker(
         settings.name,
         settings.subscription,
-        Consumer(config),
+        consumer,
         task,
         dead_letters,
         Backpressure(b.max_buffered_bytes, max_records * lanes),

@@ -114,11 +114,27 @@ def test_broker_sigkill_and_restart_loses_nothing_and_readiness_follows(
         poison = {i for i in range(records) if i % 1000 == 999}
         sandbox.configure(API, latency_ms=150)
         group, port = f"brokerkill.{uuid.uuid4().hex[:8]}", _free_port()
-        connector = ConnectorProcess(_config(bootstrap, sandbox_url, topic, group, port), tmp_path).start()
+        # Little prefetched and buffered, so the outage stops delivery rather than the buffer carrying it.
+        config = _config(
+            bootstrap,
+            sandbox_url,
+            topic,
+            group,
+            port,
+            consumer={"queued.max.messages.kbytes": 64},
+            batch={
+                "max_records": 200,
+                "max_wait": "100ms",
+                "max_bytes": "64KiB",
+                "max_buffered_bytes": "128KiB",
+            },
+        )
+        connector = ConnectorProcess(config, tmp_path).start()
         try:
             _wait(lambda: _get(port, "/readyz")[0] == 200, 60, "ready", connector)
             _wait(lambda: sandbox.stats(API)["accepted"] >= 4000, 120, "4000 accepted", connector)
             broker.kill()
+            at_kill = sandbox.stats(API)["accepted"]
             killed = time.monotonic()
             unready = _wait(lambda: _get(port, "/readyz")[0] == 503, 30, "/readyz 503", connector)
             assert _gauge(port, "kafka_connected") == 0
@@ -130,7 +146,9 @@ def test_broker_sigkill_and_restart_loses_nothing_and_readiness_follows(
             assert _gauge(port, "kafka_connected") == 1
             sandbox.configure(API, latency_ms=0)
             _wait(lambda: drained(bootstrap, group, [topic]), 180, "drained", connector)
-            resumed = min(t for t, _ in sandbox.timeline(API) if t >= back) - back
+            after = [t for t, _ in sandbox.timeline(API) if t >= back]
+            assert after, "nothing was left to deliver after the broker's return"
+            resumed = min(after) - back
             assert connector.stop() == 0, connector.log()[-3000:]
         finally:
             connector.kill()
@@ -148,7 +166,8 @@ def test_broker_sigkill_and_restart_loses_nothing_and_readiness_follows(
         assert set(seqs) == set(range(records)) - poison
         assert set(dead) == poison
         assert committed_offsets(bootstrap, group, topic) == end_offsets(bootstrap, topic)
-        assert resumed < 15
+        assert at_kill < records - len(poison)
+        assert resumed < 10
     finally:
         broker.stop()
 
@@ -221,9 +240,12 @@ def test_five_connector_sigkills_lose_nothing_and_repeat_only_what_was_in_flight
     assert set(seqs) == set(range(records))
     assert committed_offsets(kafka_bootstrap, group, topic) == end_offsets(kafka_bootstrap, topic)
     for _, repeated, rejoin in per_kill:
-        # What was sent but not yet committed: the batches in flight, plus what settled in the
-        # commit's coalescing interval (one more batch per lane at most).
-        assert repeated <= 2 * in_flight
+        # Repeated is what was sent and not yet committed: the batches in flight (one per lane), the
+        # records other lanes delivered behind the oldest in-flight record of the same partition (a
+        # partition's records spread over every lane by key; at most a batch per lane), and what settled
+        # during the last commit's round trip (about a batch per lane). Committing once a second, a kill
+        # repeated up to a second of throughput (8,999 records in the reproduction).
+        assert repeated <= 3 * in_flight
         assert rejoin < 5
     assert read_topic(kafka_bootstrap, f"{topic}.dlq", 0, timeout=2) == []
 
@@ -249,9 +271,21 @@ def test_rebalance_while_the_api_is_down_loses_nothing(
             held_a_after = a_task.buffered()
             sandbox.configure(API, outage_until=0)
             b.wait_drained(kafka_bootstrap, [topic], timeout=120)
-            assert b_task.buffered() == (0, 0)
+            # Committed; its imports are still followed (their polls backed off during the outage).
+            _wait(lambda: b_task.buffered() == (0, 0), 30, "B holds nothing")
         a.wait_drained(kafka_bootstrap, [topic], timeout=120)
-        _wait(lambda: a_task.buffered() == (0, 0), 30, "A holds nothing")
+        try:
+            _wait(lambda: a_task.buffered() == (0, 0), 30, "A holds nothing")
+        except AssertionError:
+            lanes = [
+                (
+                    len(lane.batcher.open_batch or []),
+                    [len(b) for b in lane.ready],
+                    len(lane.inflight or []),
+                )
+                for lane in a_task.lanes
+            ]
+            raise AssertionError(f"A holds {a_task.buffered()}: lanes {lanes}, imports {len(a_task.imports)}")
     seqs = Counter(_seqs(sandbox))
     figure(
         f"\nrebalance while the API is down: {records} records, {len(set(range(records)) - set(seqs))} lost, "
