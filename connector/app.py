@@ -14,6 +14,7 @@ import time
 from connector.config import Settings
 from connector.delivery.ratelimit import ApiWindows
 from connector.metrics import HealthServer, Metrics
+from connector.redact import install_log_redaction
 from connector.sink.pipeline import build_sink
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ STALL_LIMIT = 30.0  # seconds without a loop turn before /healthz reports the pr
 class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        install_log_redaction()
         self.metrics = Metrics()
         windows = ApiWindows()  # one rate-limit budget per API and credential, whichever sinks use it
         self.sinks = [

@@ -6,7 +6,9 @@ leave its first part behind, and no longer match it whole.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 MASK = "***"
 
@@ -25,3 +27,37 @@ def redact_and_cut(body: bytes, secrets: Iterable[str], limit: int) -> bytes:
     reach = limit + max((len(s.encode()) for s in secrets), default=0)
     text = redact(body[:reach].decode("utf-8", "replace"), secrets)
     return text.encode()[:limit].decode("utf-8", "ignore").encode()
+
+
+# The secrets of every sink of this process, each a live list (an OAuth2 flow adds the tokens it fetches).
+_KNOWN: dict[int, Sequence[str]] = {}
+_installed = False
+
+
+def register(secrets: Sequence[str]) -> None:
+    """Keep these secrets out of every log line of the process from now on."""
+    _KNOWN[id(secrets)] = secrets
+
+
+def install_log_redaction() -> None:
+    """Redact known secrets from each log record as it is made, whichever handler then writes it.
+
+    A safety net under the redaction done where messages are built: an exception quoting an answer, or a
+    library's own log line, cannot carry a credential into the logs.
+    """
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    make = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        if _KNOWN:
+            message = record.getMessage()
+            clean = redact(message, (s for secrets in list(_KNOWN.values()) for s in secrets))
+            if clean != message:
+                record.msg, record.args = clean, None
+        return record
+
+    logging.setLogRecordFactory(factory)

@@ -17,6 +17,8 @@ import httpx
 from connector.config import AuthSettings
 from connector.errors import ConfigError, ConnectorError, DestinationAuthError
 
+KEEP_TOKENS = 3  # access tokens kept for redaction: one in use, and any still answering in flight
+
 
 class TokenEndpointError(httpx.TransportError, ConnectorError):
     """The token endpoint failed in a way worth retrying (5xx, no answer). An httpx transport error, so
@@ -24,8 +26,17 @@ class TokenEndpointError(httpx.TransportError, ConnectorError):
 
 
 class OAuth2ClientCredentials(httpx.Auth):
-    def __init__(self, token_url: str, client_id: str, client_secret: str, scope: str = "") -> None:
+    def __init__(
+        self,
+        token_url: str,
+        client_id: str,
+        client_secret: str,
+        scope: str = "",
+        secrets: list[str] | None = None,
+    ) -> None:
         self._url = token_url
+        # The redaction list of the sink: each access token is a secret too (an API may echo it back).
+        self._secrets = secrets if secrets is not None else []
         self._form = {
             "grant_type": "client_credentials",
             "client_id": client_id,
@@ -73,6 +84,8 @@ class OAuth2ClientCredentials(httpx.Auth):
             except (ValueError, KeyError, TypeError):
                 raise TokenEndpointError("token endpoint answered without an access_token") from None
             self._token = token
+            self._secrets.append(token)
+            del self._secrets[1 : -KEEP_TOKENS or None]  # the client secret, and the latest tokens
             # Refresh before expiry: a tenth of the lifetime early, at most a minute.
             self._refresh_at = time.monotonic() + lifetime - min(60.0, lifetime / 10)
             self.fetched += 1
@@ -100,6 +113,7 @@ def credentials(auth: AuthSettings) -> Credentials:
         return Credentials(headers={auth.header: auth.value.reveal()}, secrets=[auth.value.reveal()])
     if auth.type == "oauth2_client_credentials" and auth.client_secret is not None:
         secret = auth.client_secret.reveal()
-        flow = OAuth2ClientCredentials(auth.token_url, auth.client_id, secret, auth.scope)
-        return Credentials(auth=flow, secrets=[secret])
+        secrets = [secret]
+        flow = OAuth2ClientCredentials(auth.token_url, auth.client_id, secret, auth.scope, secrets)
+        return Credentials(auth=flow, secrets=secrets)
     raise ConfigError("destination.auth", f"incomplete settings for auth type {auth.type}")

@@ -125,7 +125,7 @@ class DeliveryService:
         self._settings = settings
         self._m = metrics
         self._fail_on_error = fail_on_error
-        self._secrets = [s for s in secrets if s]
+        self._secrets = secrets  # kept by reference: an OAuth2 flow adds each access token it fetches
         self.rate_limiter = RateLimiter(metrics, settings.requests_per_second, window=window)
         self.concurrency = ConcurrencyLimiter(settings.concurrency, metrics)
         self._backoff = Backoff(settings.retry.initial_backoff, settings.retry.max_backoff)

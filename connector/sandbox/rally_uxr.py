@@ -129,7 +129,7 @@ class RallyUxrSimulator(Simulator):
             )
         problems = self._validate(body)
         if problems:
-            return self.answer(400, {"errors": problems[:50]}, headers=headers)
+            return self.answer(400, {"errors": problems[:50]}, headers=headers, request=request)
         people = body["peopleActivities"]
         self.max_batch = max(self.max_batch, sum(len(p["activities"]) for p in people))
         failed_later = [
@@ -248,7 +248,7 @@ class RallyUxrPeopleSimulator(Simulator):
             )
         problems = self._validate(body)
         if problems:
-            return self.answer(400, {"errors": problems[:50]}, headers=headers)
+            return self.answer(400, {"errors": problems[:50]}, headers=headers, request=request)
         people = body["people"]
         identifier = body.get("identifierPropertyId", "email")
         self.max_batch = max(self.max_batch, len(people))

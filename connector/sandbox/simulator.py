@@ -17,7 +17,8 @@ Settings (changed through `POST /_sandbox/{api}/config`, merged into the current
   until which every request gets 503; `seed`: for reproducible fault injection.
 - `import_seconds`: how long an asynchronous import takes to reach its terminal status;
   `status_endpoint`: false answers every import status request 404, as an API without that endpoint
-  (it is our assumption where the public docs are silent).
+  (it is our assumption where the public docs are silent); `echo_headers`: refusals (400) carry the
+  request's headers in their body, credentials included, as some APIs' error pages do.
 - OAuth2: besides `token`, any unexpired token issued by `POST /_sandbox/oauth/token` is accepted.
 """
 
@@ -45,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "outage_until": 0,
     "import_seconds": 0.3,
     "status_endpoint": True,
+    "echo_headers": False,
     "seed": 1,
 }
 
@@ -142,9 +144,16 @@ class Simulator:
         }
 
     def answer(
-        self, status: int, body: Any = None, text: str | None = None, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        body: Any = None,
+        text: str | None = None,
+        headers: dict[str, str] | None = None,
+        request: web.Request | None = None,
     ) -> web.Response:
         self.statuses[status] += 1
+        if request is not None and self.settings["echo_headers"] and isinstance(body, dict):
+            body = {"request_headers": {str(k): str(v) for k, v in request.headers.items()}, **body}
         if text is not None:
             return web.Response(status=status, text=text, headers=headers)
         return web.json_response(body, status=status, headers=headers, dumps=_dumps)

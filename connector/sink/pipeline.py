@@ -23,6 +23,7 @@ from connector.destinations import for_sink
 from connector.errors import ConfigError
 from connector.kafka import consumer_config, producer_config
 from connector.metrics import Metrics
+from connector.redact import register
 from connector.sink.backpressure import Backpressure
 from connector.sink.offsets import OffsetTracker
 from connector.sink.task import SinkTask
@@ -41,6 +42,7 @@ def build_sink(
     destination, max_records = for_sink(settings, index)
     dest = settings.destination
     creds = credentials(dest.auth)
+    register(creds.secrets)
     client = make_client(dest.url, creds.headers, settings.delivery, creds.auth)
     service = DeliveryService(
         destination,
