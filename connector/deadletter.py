@@ -8,6 +8,8 @@ still be lost. Headers follow Kafka Connect's names, so existing tooling reads t
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -63,7 +65,12 @@ def dead_letter_headers(
 
 
 class DeadLetterWriter:
-    """Produces dead letters; `on_written(record, ok)` runs from `poll()` once the broker answered."""
+    """Produces dead letters; `on_written(record, failure, ok)` runs from `poll()` once the broker answered.
+
+    It never blocks the event loop: when librdkafka's local queue is full, dead letters wait here and go
+    on a later `poll()`. What it holds until the broker acknowledges (`held()`) counts towards the sink's
+    memory bound, so a dead-letter topic that cannot be written pauses intake instead of filling memory.
+    """
 
     def __init__(
         self,
@@ -80,19 +87,26 @@ class DeadLetterWriter:
         self._destination = destination
         self._m = metrics
         self._on_written = on_written
-        self.pending = 0
+        self._waiting: deque[tuple[Record, Failure]] = deque()  # not yet handed to librdkafka
+        self._unacked = 0  # handed over, no answer from the broker yet
+        self._held_bytes = 0  # bytes of both; changed only where a dead letter comes and goes
+
+    @property
+    def pending(self) -> int:
+        return len(self._waiting) + self._unacked
+
+    def held(self) -> tuple[int, int]:
+        """(records, bytes) of dead letters not yet acknowledged by the broker."""
+        return self.pending, self._held_bytes
 
     def write(self, record: Record, failure: Failure) -> None:
-        def delivered(err: KafkaError | None, _: Message) -> None:
-            self.pending -= 1
-            if err is not None:
-                log.error("dead letter for %r not written: %s", record, err)
-            else:
-                self._m.dead_lettered(failure.reason)
-            self._on_written(record, failure, err is None)
+        self._waiting.append((record, failure))
+        self._held_bytes += record.size
+        self._hand_over()
 
-        self.pending += 1
-        while True:
+    def _hand_over(self) -> None:
+        while self._waiting:
+            record, failure = self._waiting[0]
             try:
                 self._producer.produce(
                     self.topic,
@@ -100,16 +114,34 @@ class DeadLetterWriter:
                     key=record.key,
                     headers=dead_letter_headers(record, failure, self._sink, self._destination),
                     timestamp=record.timestamp_ms if record.timestamp_ms > 0 else 0,
-                    on_delivery=delivered,
+                    on_delivery=self._callback(record, failure),
                 )
-                return
             except BufferError:
-                # The local queue is full: let librdkafka drain it, then try again.
-                self._producer.poll(0.1)
+                return  # librdkafka's queue is full: the rest go on a later poll()
+            self._waiting.popleft()
+            self._unacked += 1
+
+    def _callback(self, record: Record, failure: Failure) -> Callable[[KafkaError | None, Message], None]:
+        def delivered(err: KafkaError | None, _: Message) -> None:
+            self._unacked -= 1
+            self._held_bytes -= record.size
+            if err is not None:
+                log.error("dead letter for %r not written: %s", record, err)
+            else:
+                self._m.dead_lettered(failure.reason)
+            self._on_written(record, failure, err is None)
+
+        return delivered
 
     def poll(self) -> None:
         self._producer.poll(0)
+        self._hand_over()
 
     def flush(self, timeout: float) -> int:
-        remaining: int = self._producer.flush(timeout)
-        return remaining
+        """Wait up to `timeout` for every dead letter to be acknowledged; returns how many are not."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._hand_over()
+            left = deadline - time.monotonic()
+            if left <= 0 or (self._producer.flush(min(left, 0.5)) == 0 and not self._waiting):
+                return self.pending

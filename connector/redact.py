@@ -1,7 +1,8 @@
 """Keeping secrets out of everything the connector writes: dead-letter headers, logs and exceptions.
 
 Secrets are replaced before anything is cut to length: cutting first could split a secret at the cut,
-leave its first part behind, and no longer match it whole.
+leave its first part behind, and no longer match it whole. An API's answer is masked once, as it
+arrives (`mask`), before any reader, message or dead letter takes a piece of it.
 """
 
 from __future__ import annotations
@@ -20,13 +21,21 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
-def redact_and_cut(body: bytes, secrets: Iterable[str], limit: int) -> bytes:
-    """At most `limit` bytes of `body`, secrets replaced first, never ending inside a UTF-8 character."""
-    secrets = [s for s in secrets if s]
-    # Only the head is kept, but a secret may start inside it and end past it: read that far too.
-    reach = limit + max((len(s.encode()) for s in secrets), default=0)
-    text = redact(body[:reach].decode("utf-8", "replace"), secrets)
-    return text.encode()[:limit].decode("utf-8", "ignore").encode()
+def mask(body: bytes, secrets: Iterable[str]) -> bytes:
+    """`body` with every secret replaced by as many `*`: lengths and positions stay, so text cut from it
+    later can never end inside a secret that was masked whole, and JSON stays JSON."""
+    for secret in secrets:
+        if secret:
+            raw = secret.encode()
+            body = body.replace(raw, b"*" * len(raw))
+    return body
+
+
+def cut(body: bytes, limit: int) -> bytes:
+    """At most `limit` bytes of `body`, never ending inside a UTF-8 character."""
+    if len(body) <= limit:
+        return body
+    return body[:limit].decode("utf-8", "ignore").encode()
 
 
 # The secrets of every sink of this process, each a live list (an OAuth2 flow adds the tokens it fetches).

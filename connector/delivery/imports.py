@@ -5,9 +5,16 @@ later. Each import is asked about with growing pauses (0.5 s up to 5 s), one req
 whole sink, not one loop per import; status requests use only the rate-limit budget data requests leave.
 
 The status endpoint is our assumption where the public docs are silent. An answer of 404, 405 or 501
-beyond GRACE seconds after the 202 means it does not exist: that is said once (log and the
+to an import's status request beyond GRACE seconds after the 202, while no import of the sink has ever
+been found there, means the endpoint does not exist: that is said once (log and the
 `import_status_unsupported` gauge) and tracking stops for the sink; what the sink then does with its
-imports (count them as delivered, or stop under `ack: completed`) is its decision.
+imports (count them as delivered, or stop under `ack: completed`) is its decision. Once the endpoint has
+answered for some import, a later 404 only means that import is gone (expired): it ends with its outcome
+unknown. A 404 to a follow-up request (an error file) fails that import's records, as an unreadable
+error file does.
+
+Only answers that say "not finished yet" count towards MAX_POLLS; polls that got no answer (an outage)
+do not, so an outage is waited out rather than turned into failed imports.
 """
 
 from __future__ import annotations
@@ -38,18 +45,20 @@ class Followed:
     request: Request
     accepted_at: float
     pause: float = FIRST_PAUSE
-    polls: int = 0
+    polls: int = 0  # answers that said the import is not finished
     dropped: bool = False
+    seen: bool = False  # the status endpoint has answered for this import
 
 
 class ImportFollower:
-    """The imports of one sink still running. `on_done(tracked, done)` runs once for each that ends;
+    """The imports of one sink still running. `on_done(tracked, done, outcome)` runs once for each that
+    ends (outcome: completed, failed, unknown);
     `on_unsupported(status, imports)` once, with the imports still followed, if the endpoint is missing."""
 
     def __init__(
         self,
         service: DeliveryService,
-        on_done: Callable[[Tracked, Done], None],
+        on_done: Callable[[Tracked, Done, str], None],
         on_unsupported: Callable[[int, list[Tracked]], None],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -61,6 +70,7 @@ class ImportFollower:
         self._order = itertools.count()
         self._wake = asyncio.Event()
         self._asking: Followed | None = None  # the import whose status request is out now
+        self._found_any = False  # the status endpoint has answered for some import of this sink
         self.unsupported: int | None = None  # the status that showed the endpoint does not exist
 
     def __len__(self) -> int:
@@ -82,6 +92,7 @@ class ImportFollower:
         if self._asking is not None and not keep(self._asking.tracked):
             self._asking.dropped = True
         kept = [item for item in self._due if keep(item[2].tracked)]
+        # Records of the partitions kept are still this sink's to settle: an import goes only when none is.
         if len(kept) != len(self._due):
             self._due = kept
             heapq.heapify(self._due)
@@ -97,13 +108,16 @@ class ImportFollower:
             now = self._clock()
             if due > now:
                 self._wake.clear()
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation (shutdown).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), due - now)
+                    async with asyncio.timeout(due - now):
+                        await self._wake.wait()
                 continue
             heapq.heappop(self._due)
             self._asking = entry
             try:
-                reading = await self._service.poll_status(entry.request, entry.tracked.records)
+                primary = entry.request is entry.tracked.status
+                reading = await self._service.poll_status(entry.request, entry.tracked.records, primary)
             finally:
                 self._asking = None
             if entry.dropped:
@@ -112,21 +126,35 @@ class ImportFollower:
 
     def _read(self, entry: Followed, reading: object) -> None:
         now = self._clock()
-        if isinstance(reading, Done):
-            self._on_done(entry.tracked, reading)
-            return
-        if isinstance(reading, FollowUp):
-            entry.request, entry.pause = reading.request, 0.0
-        elif isinstance(reading, int):
+        tracked = entry.tracked
+        if isinstance(reading, int):  # 404/405/501 to the import's own status request
+            if entry.seen or (self._found_any and now - entry.accepted_at >= GRACE):
+                log.warning(
+                    "%s: import %s no longer found (HTTP %d); its outcome is unknown",
+                    self._service.destination.type,
+                    tracked.import_id,
+                    reading,
+                )
+                self._on_done(tracked, Done(), "unknown")
+                return
             if now - entry.accepted_at >= GRACE:
                 self._give_up_tracking(reading, entry)
                 return
-        else:
-            entry.polls += 1  # Pending, or no usable answer
-            if entry.polls >= MAX_POLLS:
-                message = f"import {entry.tracked.import_id} not terminal after {entry.polls} status requests"
-                self._on_done(entry.tracked, Done(dict.fromkeys(range(len(entry.tracked.records)), message)))
+        elif reading is not None:
+            entry.seen = self._found_any = True
+            if isinstance(reading, Done):
+                self._on_done(tracked, reading, "failed" if reading.failed else "completed")
                 return
+            if isinstance(reading, FollowUp):
+                entry.request, entry.pause = reading.request, 0.0
+            else:
+                entry.polls += 1  # Pending
+                if entry.polls >= MAX_POLLS:
+                    message = f"import {tracked.import_id} not finished after {entry.polls} status requests"
+                    self._on_done(
+                        tracked, Done(dict.fromkeys(range(len(tracked.records)), message)), "failed"
+                    )
+                    return
         heapq.heappush(self._due, (now + entry.pause, next(self._order), entry))
         entry.pause = min(max(entry.pause, FIRST_PAUSE) * 1.5, MAX_PAUSE)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,12 +34,15 @@ from connector.delivery.retry import retry_after
 from connector.metrics import SinkMetrics
 
 Clock = Callable[[], float]
+log = logging.getLogger(__name__)
 
 
 PROBE_TIMEOUT = 1.0  # seconds to wait for the answer to a new window's first request before trusting none
 BACKGROUND_SHARE = 0.1  # share of starts a background request may take while data requests wait
 BACKGROUND_RECHECK = 0.05  # seconds between a waiting background request's looks at the queue
 EPOCH_THRESHOLD = 1_000_000_000  # a reset value above this is a Unix time (2001 on), below it a delta
+EPOCH_MS_THRESHOLD = 100_000_000_000  # above this, a Unix time in milliseconds
+MAX_HOLD = 3600.0  # seconds: a longer wait an API asks for is taken as this, with a warning
 
 
 class Budget:
@@ -206,13 +210,18 @@ class RateLimiter:
         now = self._clock()
         remaining, reset_in = budget_of(headers, self._wall())
         if remaining is not None and reset_in is not None:
+            reset_in = min(reset_in, MAX_HOLD)
             self.window.budget.learn(remaining, reset_in, self.window.started - number, now)
         if status == 429:
             wait = retry_after(headers.get("retry-after"))
             if wait is None:
                 wait = reset_in
             # A 429 with no hint at all: hold briefly rather than hammer.
-            self.hold(1.0 if wait is None else wait)
+            wait = 1.0 if wait is None else wait
+            if wait > MAX_HOLD:
+                log.warning("a 429 asked to wait %.0f s; waiting %.0f s instead", wait, MAX_HOLD)
+                wait = MAX_HOLD
+            self.hold(wait)
 
 
 _STRUCTURED = re.compile(r"(?:^|[;,\s])(remaining|r|reset|t)\s*=\s*(\d+(?:\.\d+)?)")
@@ -231,7 +240,9 @@ def budget_of(headers: Mapping[str, str], wall_now: float) -> tuple[int | None, 
         reset = t if reset is None else reset
     if reset is None:
         return remaining, None
-    # An epoch time or seconds from now: both are sent by real APIs under the same header name.
+    # An epoch time (seconds or milliseconds) or seconds from now: real APIs send each of these.
+    if reset >= EPOCH_MS_THRESHOLD:
+        reset = reset / 1000
     reset_in = reset - wall_now if reset >= EPOCH_THRESHOLD else reset
     return remaining, max(0.0, reset_in)
 

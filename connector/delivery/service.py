@@ -5,11 +5,16 @@ the reason their dead letter will carry). It raises DestinationAuthError when th
 credentials, and FatalError when retries run out under `on_error: fail`; in both cases nothing of the
 batch is settled, so nothing past it is committed.
 
-A failed request backs off exponentially with full jitter. When OUTAGE_AFTER requests in a row have failed
-the API is taken as down: one request (the prober) retries every PROBE_INTERVAL seconds without using up
-attempts, the others wait without sending (no wasted requests, no attempts burnt), and the first success
-wakes them all, so delivery resumes within moments of the API's return, whatever the backoff had grown
-to. An outage is waited out, never dead-lettered.
+A failed request backs off exponentially with full jitter. When OUTAGE_AFTER requests in a row got no
+answer or an answer that says the service is unavailable (502, 503, 504), the API is taken as down: one
+request (the prober) retries every PROBE_INTERVAL seconds without using up attempts, the others wait
+without sending (no wasted requests, no attempts burnt), and the first success wakes them all, so
+delivery resumes within moments of the API's return, whatever the backoff had grown to. An outage is
+waited out, never dead-lettered. Any other answer, even an error, shows the API is up: it uses the
+records' attempts, so a record the API keeps failing is dead-lettered, never probed forever.
+
+Answers are masked as they arrive: every secret of the sink in the body is replaced by as many `*`, so
+what destinations read, and whatever messages, logs and dead letters carry from it, has none.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -41,13 +46,16 @@ from connector.destinations.base import (
 from connector.errors import DestinationAuthError, FatalError
 from connector.metrics import SinkMetrics
 from connector.records import Record
-from connector.redact import redact, redact_and_cut
+from connector.redact import cut, mask, redact
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1024  # bytes of an answer kept in a dead letter
 PROBE_INTERVAL = 1.0  # seconds between the prober's retries while the API is down
 OUTAGE_AFTER = 3  # failed requests in a row (across all lanes) that mean the API is down
+# Answers that say the service is unavailable; with no answer at all, the signs of an outage.
+UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
+
 # Answers to a status request that may mean the endpoint does not exist (our assumption of it is wrong).
 MISSING_STATUSES = frozenset({404, 405, 501})
 
@@ -55,6 +63,14 @@ Reason = Literal[
     "decode_error", "invalid_record", "record_too_large", "rejected", "retries_exhausted", "import_failed"
 ]
 REASONS: tuple[Reason, ...] = get_args(Reason)
+
+
+def _unavailable(status: int | None) -> bool:
+    return status is None or status in UNAVAILABLE_STATUSES
+
+
+def _always(record: Record) -> bool:
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +150,9 @@ class DeliveryService:
         self._prober: object | None = None
         self._setup_lock = asyncio.Lock()
 
-    async def deliver(self, batch: Sequence[Record]) -> BatchResult:
+    async def deliver(
+        self, batch: Sequence[Record], alive: Callable[[Record], bool] = _always
+    ) -> BatchResult:
         """Send a batch until every record is delivered or failed.
 
         Every resend goes through here, without recursion: a batch is a queue of parts, each carrying the
@@ -143,17 +161,22 @@ class DeliveryService:
         become a part of their own that has used one attempt more and waits its backoff. So a record is
         sent at most `max_attempts` times for transient failures, and a batch of n records makes at most
         (2n - 1) * max_attempts requests besides 429s and outage probes, which are spaced and waited out.
+
+        `alive(record)` is false once a record's partition has been revoked: such records are dropped
+        before any resend (the partition's new owner sends them), and a part left empty ends.
         """
         result = BatchResult()
         parts: deque[_Part] = deque([_Part(list(batch), 0, 0.0)])
         while parts:
             part = parts.popleft()
-            more = await self._deliver_part(part, result)
+            more = await self._deliver_part(part, result, alive)
             # Follow-ups go first, in order, so records with the same key keep their order.
             parts.extendleft(reversed(more))
         return result
 
-    async def _deliver_part(self, part: _Part, result: BatchResult) -> list[_Part]:
+    async def _deliver_part(
+        self, part: _Part, result: BatchResult, alive: Callable[[Record], bool]
+    ) -> list[_Part]:
         """Send one part until it is settled or split; returns the parts that follow from it."""
         me = object()
         records, attempts = part.records, part.attempts
@@ -163,12 +186,18 @@ class DeliveryService:
             if part.not_before > time.monotonic():
                 probing = await self._wait(part.not_before, me)
             while True:
-                if not await self._setup():
+                records = [r for r in records if alive(r)]
+                if not records:
+                    return []  # every record's partition was revoked meanwhile
+                setup = await self._setup()
+                if setup is not None:
+                    if setup.status == 429:
+                        rate_limited += 1
+                        await asyncio.sleep(self._backoff.delay(rate_limited))
+                        continue
                     attempts += 0 if probing else 1
                     if attempts >= self._settings.retry.max_attempts and not probing:
-                        result.extend(
-                            self._exhausted(records, RetryAfter("setup"), _Answer(None, b"", None), attempts)
-                        )
+                        result.extend(self._exhausted(records, RetryAfter("setup"), setup, attempts))
                         return []
                     probing = await self._wait(time.monotonic() + self._backoff.delay(attempts), me)
                     continue
@@ -179,7 +208,7 @@ class DeliveryService:
                 )
                 if not probing and answer.status != 429:
                     attempts += 1
-                if not isinstance(decision, RetryAfter) or answer.status == 429:
+                if not _unavailable(answer.status):
                     self._api_answered()
                 if isinstance(decision, Success):
                     result.extend(self._succeeded(records, decision, request, answer, attempts))
@@ -216,7 +245,10 @@ class DeliveryService:
                     rate_limited += 1
                     await asyncio.sleep(self._backoff.delay(rate_limited))
                     continue
-                self._failures_in_a_row += 1
+                if _unavailable(answer.status):
+                    self._failures_in_a_row += 1
+                else:
+                    probing = False  # the API answers: this part's failures are its own, not an outage
                 if not probing:
                     if attempts >= self._settings.retry.max_attempts:
                         result.extend(self._exhausted(records, decision, answer, attempts))
@@ -253,8 +285,10 @@ class DeliveryService:
                 if self._prober is None:
                     self._prober = me
                 nap = PROBE_INTERVAL
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation (shutdown).
             try:
-                await asyncio.wait_for(recovered.wait(), nap)
+                async with asyncio.timeout(nap):
+                    await recovered.wait()
                 return False  # the API is back: retry now
             except TimeoutError:
                 if self._prober is me and self._failures_in_a_row >= OUTAGE_AFTER:
@@ -295,33 +329,45 @@ class DeliveryService:
                 result.tracked.append(Tracked(result.delivered, status, decision.import_id, nbytes))
         return result
 
-    async def _setup(self) -> bool:
-        """Make the destination's setup request if it needs one (e.g. today's document import)."""
+    async def _setup(self) -> _Answer | None:
+        """Make the destination's setup request if it needs one (e.g. today's document import).
+
+        None when the destination is ready; otherwise the failed answer (status None: no answer).
+        401/403 stop the sink as for any request.
+        """
         if self.destination.setup() is None:
-            return True
+            return None
         async with self._setup_lock:  # one lane creates it; the others then find it there
             request = self.destination.setup()
             if request is None:
-                return True
+                return None
             answer = await self._send(request, 0)
-            if answer.status is None or not self.destination.read_setup(answer.status, answer.body, request):
-                log.warning("%s: setup request failed (HTTP %s)", self.destination.type, answer.status)
+            if answer.status in STOP_STATUSES:
+                raise DestinationAuthError(f"{self.destination.type}: setup refused our credentials")
+            if answer.status is not None and self.destination.read_setup(answer.status, answer.body, request):
+                return None
+            log.warning("%s: setup request failed (HTTP %s)", self.destination.type, answer.status)
+            if _unavailable(answer.status):
                 self._failures_in_a_row += 1
-                return False
-            return True
+            else:
+                self._api_answered()
+            return answer
 
-    async def poll_status(self, request: Request, records: Sequence[Record]) -> StatusReading | int | None:
+    async def poll_status(
+        self, request: Request, records: Sequence[Record], primary: bool = True
+    ) -> StatusReading | int | None:
         """One status request for an import: what the destination reads from the answer; for a status
-        that says the endpoint may not exist (404, 405, 501) that status, for the caller to judge against
-        its grace period; None when there was no usable answer (asked again later). Status requests use
-        only the rate-limit budget data requests leave."""
+        that says the endpoint may not exist (404, 405, 501) to the `primary` status request (not a
+        follow-up such as an error file) that status, for the caller to judge; None when there was no
+        usable answer (asked again later). Status requests use only the rate-limit budget data requests
+        leave."""
         answer = await self._send(request, 0, background=True)
         status = answer.status
         if status is None or status in RETRY_STATUSES:
             return None
         if status in STOP_STATUSES:
             raise DestinationAuthError(f"{self.destination.type}: import status refused our credentials")
-        if status in MISSING_STATUSES:
+        if status in MISSING_STATUSES and primary:
             return status
         return self.destination.read_status(status, answer.body, request, records)
 
@@ -336,7 +382,7 @@ class DeliveryService:
             self._m.batch_records.observe(records)
             self._m.batch_bytes.observe(len(request.content))
         started = time.monotonic()
-        answer: _Answer
+        answer = _Answer(None, b"", None, "connection")
         try:
             response = await self._client.request(
                 request.method,
@@ -344,16 +390,20 @@ class DeliveryService:
                 content=request.content,
                 headers={"Content-Type": request.content_type},
             )
-            answer = _Answer(response.status_code, response.content, response.headers)
+            answer = _Answer(response.status_code, mask(response.content, self._secrets), response.headers)
         except httpx.TimeoutException:
             answer = _Answer(None, b"", None, "timeout")
         except httpx.TransportError as exc:
             log.warning("%s: no answer (%s)", self.destination.type, type(exc).__name__)
-            answer = _Answer(None, b"", None, "connection")
-        rtt = time.monotonic() - started
-        if records:
-            overloaded = answer.status is None or answer.status in OVERLOAD_STATUSES
-            self.concurrency.release(rtt, overloaded, saturated)
+        except httpx.HTTPError as exc:
+            # An answer httpx could not read (a corrupt compressed body, a redirect loop): retried.
+            log.warning("%s: unreadable answer (%s)", self.destination.type, type(exc).__name__)
+            answer = _Answer(None, b"", None, "unreadable_answer")
+        finally:
+            rtt = time.monotonic() - started
+            if records:
+                overloaded = answer.status is None or answer.status in OVERLOAD_STATUSES
+                self.concurrency.release(rtt, overloaded, saturated)
         self._m.request_duration.observe(rtt)
         if answer.status is None:
             self._m.http("error")
@@ -372,7 +422,7 @@ class DeliveryService:
             reason=reason,
             message=redact(message, self._secrets),
             http_status=answer.status,
-            http_body=redact_and_cut(answer.body, self._secrets, MAX_BODY),
+            http_body=cut(answer.body, MAX_BODY),  # masked as it arrived
             attempts=attempts,
             import_id=import_id,
         )

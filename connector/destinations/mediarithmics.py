@@ -152,10 +152,16 @@ class MediarithmicsUserActivities(Destination):
     def read_status(
         self, status: int, body: bytes, request: Request, batch: Sequence[Record]
     ) -> StatusReading:
+        if request.context == "errors":
+            if 400 <= status < 500:  # the error file is gone: which lines failed cannot be known
+                return Done(
+                    dict.fromkeys(range(len(batch)), f"failed in the import (error file: HTTP {status})")
+                )
+            if not 200 <= status < 300:
+                return Pending()
+            return self._read_error_file(body, batch)
         if not 200 <= status < 300:
             return Pending()
-        if request.context == "errors":
-            return self._read_error_file(body, batch)
         try:
             execution = orjson.loads(body)["data"]
             state = str(execution["status"])

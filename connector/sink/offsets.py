@@ -17,7 +17,7 @@ TopicPartition = tuple[str, int]
 
 
 class PartitionOffsets:
-    __slots__ = ("committed", "done", "epoch", "pending", "position")
+    __slots__ = ("acked", "committed", "done", "epoch", "pending", "position")
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
@@ -25,6 +25,7 @@ class PartitionOffsets:
         self.done: set[int] = set()  # settled offsets still in `pending`
         self.position = -1  # the commit point: next offset to read after a restart; -1 = nothing yet
         self.committed = -1  # the last commit point handed out for committing
+        self.acked = -1  # the last commit point the broker acknowledged
 
     def advance(self) -> None:
         pending, done = self.pending, self.done
@@ -55,21 +56,23 @@ class OffsetTracker:
         return 0 if state is None else state.epoch
 
     def revoke(self, tp: TopicPartition) -> int | None:
-        """Stop tracking; returns the commit point not yet committed, if it moved."""
+        """Stop tracking; returns the commit point the broker has not acknowledged yet, if any (a commit
+        of it may still be in flight, and fail)."""
         state = self._parts.pop(tp, None)
         if state is None:
             return None
         state.advance()
-        return state.position if state.position > state.committed else None
+        return state.position if state.position > state.acked else None
 
     def track(self, tp: TopicPartition, offset: int) -> None:
         """A record was consumed; it holds the commit point back until settled."""
         self._parts[tp].pending.append(offset)
 
     def settle(self, tp: TopicPartition, epoch: int, offset: int) -> bool:
-        """A record is done. False (and nothing changes) when its partition's epoch has moved on."""
+        """A record is done. False (and nothing changes) when its partition's epoch has moved on, or the
+        commit point has already passed it (settled before: e.g. delivered, then failed in its import)."""
         state = self._parts.get(tp)
-        if state is None or state.epoch != epoch:
+        if state is None or state.epoch != epoch or offset < state.position:
             return False
         state.done.add(offset)
         return True
@@ -83,11 +86,27 @@ class OffsetTracker:
                 result[tp] = state.committed = state.position
         return result
 
+    def unacknowledged(self) -> dict[TopicPartition, int]:
+        """Commit points the broker has not acknowledged (shutdown; a commit whose answer never came).
+        They are taken as handed out again."""
+        result = {}
+        for tp, state in self._parts.items():
+            state.advance()
+            if state.position > state.acked:
+                result[tp] = state.committed = state.position
+        return result
+
+    def commit_done(self, tp: TopicPartition, offset: int) -> None:
+        """The broker acknowledged a commit of `offset`."""
+        state = self._parts.get(tp)
+        if state is not None and offset > state.acked:
+            state.acked = offset
+
     def commit_failed(self, tp: TopicPartition, offset: int) -> None:
         """A commit of `offset` failed: hand the commit point out again on the next call."""
         state = self._parts.get(tp)
         if state is not None and state.committed == offset:
-            state.committed = -1
+            state.committed = state.acked
 
     def unsettled(self) -> int:
         return sum(len(s.pending) - len(s.done) for s in self._parts.values())

@@ -9,8 +9,8 @@ Ordering: records are spread over `delivery.concurrency` lanes by key, and a lan
 in flight, so records with the same key reach the destination in offset order.
 
 What the sink holds (for the memory bound and the `buffered_*` gauges) is derived from the batches it
-holds, never counted by hand: each lane's open batch, its closed batches, its batch in flight, and the
-records of imports still followed.
+holds, never counted by hand: each lane's open batch, its closed batches, its batch in flight, the
+records of imports still followed, and dead letters the broker has not acknowledged yet.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from connector.sink.offsets import OffsetTracker, TopicPartition
 
 log = logging.getLogger(__name__)
 
+STOP_GRACE = 5.0  # seconds cancelled tasks get to end at shutdown
+
 
 def _size(record: Record) -> int:
     return record.size
@@ -48,6 +50,10 @@ class DeadLetters(Protocol):
     @property
     def pending(self) -> int:
         """Writes the broker has not answered yet."""
+        ...
+
+    def held(self) -> tuple[int, int]:
+        """(records, bytes) of those writes."""
         ...
 
     def write(self, record: Record, failure: Failure) -> None: ...
@@ -178,7 +184,10 @@ class SinkTask:
 
     async def _deliver(self, lane: Lane, batch: Batch[Record]) -> None:
         try:
-            result: BatchResult = await self.service.deliver(batch.items)
+            result: BatchResult = await self.service.deliver(batch.items, self._owned)
+        except asyncio.CancelledError:
+            lane.inflight = None  # shutdown: the batch is let go, unsettled
+            raise
         except FatalError as exc:
             log.error("%s: %s", self.name, exc)
             self.fatal = exc
@@ -187,8 +196,9 @@ class SinkTask:
             log.exception("%s: delivery failed unexpectedly", self.name)
             self.fatal = exc
             return
-        # With ack: completed, records in a running import settle only once it is terminal.
-        hold = self.destination.ack_completed and self.imports.unsupported is None
+        # With ack: completed, records in a running import settle only once it is terminal (and never
+        # when imports cannot be followed: the sink then stops, committing nothing past them).
+        hold = self.destination.ack_completed
         held = {id(r) for t in result.tracked for r in t.records} if hold else set()
         for record in result.delivered:
             if id(record) not in held:
@@ -212,7 +222,11 @@ class SinkTask:
             log.exception("%s: following imports failed unexpectedly", self.name)
             self.fatal = exc
 
-    def _import_done(self, tracked: Tracked, done: Done) -> None:
+    def _owned(self, record: Record) -> bool:
+        """Whether the record's partition is still assigned as when it was consumed."""
+        return self.offsets.epoch((record.topic, record.partition)) == record.epoch
+
+    def _import_done(self, tracked: Tracked, done: Done, outcome: str) -> None:
         """An import ended; its failed records are dead-lettered with reason import_failed."""
         hold = self.destination.ack_completed
         for i, record in enumerate(tracked.records):
@@ -223,7 +237,7 @@ class SinkTask:
                 )
             elif hold:
                 self.offsets.settle((record.topic, record.partition), record.epoch, record.offset)
-        self.m.imports("failed" if done.failed else "completed")
+        self.m.imports(outcome)
         if done.failed:
             log.warning("%s: import %s: %d records failed", self.name, tracked.import_id, len(done.failed))
 
@@ -236,7 +250,7 @@ class SinkTask:
             )
             return  # nothing of these imports is settled, so nothing past them is committed
         for tracked in pending:
-            self._import_done(tracked, Done())
+            self._import_done(tracked, Done(), "unknown")
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -246,7 +260,7 @@ class SinkTask:
     # --- settling ------------------------------------------------------------------------------------------
 
     def dead_letter(self, record: Record, failure: Failure) -> None:
-        if self.offsets.epoch((record.topic, record.partition)) != record.epoch:
+        if not self._owned(record):
             return  # revoked meanwhile: the partition's new owner decides about this record
         assert self.dead_letters is not None, "attach() the dead-letter writer first"
         self.dead_letters.write(record, failure)
@@ -274,6 +288,10 @@ class SinkTask:
         for tracked in self.imports.followed():
             records += len(tracked.records)
             nbytes += tracked.nbytes
+        if self.dead_letters is not None:
+            dead_records, dead_bytes = self.dead_letters.held()
+            records += dead_records
+            nbytes += dead_bytes
         return records, nbytes
 
     def close_partitions(self, gone: set[TopicPartition]) -> None:
@@ -288,7 +306,9 @@ class SinkTask:
             for batch in lane.ready:
                 batch.retain(keep, _size)
             lane.ready = deque(b for b in lane.ready if b.items)
-        self.imports.drop(lambda t: all(keep(r) for r in t.records))
+        # An import goes only when none of its records is kept: the others are still to be settled here
+        # (revoked ones settle nothing, their epoch has moved on).
+        self.imports.drop(lambda t: any(keep(r) for r in t.records))
 
     def idle(self) -> bool:
         """Nothing buffered, nothing in flight, no dead letter awaiting its acknowledgement."""
@@ -312,4 +332,8 @@ class SinkTask:
         running = [*self._tasks, *([self._follower] if self._follower is not None else [])]
         for task in running:
             task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+        if running:
+            # Bounded: a task that ignored its cancellation must not hold the shutdown forever.
+            _, stuck = await asyncio.wait(running, timeout=STOP_GRACE)
+            if stuck:
+                log.warning("%s: %d tasks did not stop within %.0f s", self.name, len(stuck), STOP_GRACE)

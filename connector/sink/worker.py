@@ -34,7 +34,8 @@ COMMIT_MIN_INTERVAL = 0.05  # seconds between commits: coalesces the watermark's
 COMMIT_STUCK = 15.0  # a commit with no callback after this long is taken as failed
 GAUGE_INTERVAL = 1.0
 # librdkafka errors that mean no broker can be reached right now.
-_DISCONNECTED = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE})
+# (One broker's connection failing, _TRANSPORT, is not enough: others may still serve.)
+_DISCONNECTED = frozenset({KafkaError._ALL_BROKERS_DOWN})
 
 
 class SinkWorker:
@@ -70,6 +71,7 @@ class SinkWorker:
         self._paused: set[tuple[str, int]] = set()
         self._commit_started: float | None = None  # when the commit in flight was started
         self._last_commit = 0.0
+        self._closing = False
         metrics.kafka_connected.set(1)
 
     @property
@@ -98,6 +100,7 @@ class SinkWorker:
                 self.task.tick(now)
                 self._apply_backpressure()
                 self.commit(now)
+                self.task.service.rate_limiter.account_stall()  # counted as it grows
                 if now >= next_gauges:
                     self._update_gauges()
                     next_gauges = now + GAUGE_INTERVAL
@@ -117,21 +120,38 @@ class SinkWorker:
     # --- committing ----------------------------------------------------------------------------------------
 
     def commit(self, now: float, sync: bool = False) -> None:
-        """Commit the settled watermarks that moved; async commits are coalesced, one in flight."""
-        if not sync:
+        """Commit the settled watermarks that moved; async commits are coalesced, one in flight.
+
+        `sync` (shutdown): every point the broker has not acknowledged, whatever is in flight.
+        """
+        if sync:
+            points = self.offsets.unacknowledged()
+        else:
             started = self._commit_started
-            if started is not None and now - started < COMMIT_STUCK:
+            if started is not None:
+                if now - started < COMMIT_STUCK:
+                    return
+                # No answer to the last commit: offer every point not acknowledged again.
+                log.warning(
+                    "%s: no answer to a commit after %.0f s; committing again", self.name, COMMIT_STUCK
+                )
+                self._commit_started = None
+                points = self.offsets.unacknowledged()
+            elif now - self._last_commit < COMMIT_MIN_INTERVAL:
                 return
-            if now - self._last_commit < COMMIT_MIN_INTERVAL:
-                return
-        points = self.offsets.to_commit()
+            else:
+                points = self.offsets.to_commit()
         if not points:
             return
         offsets = [TopicPartition(t, p, o) for (t, p), o in points.items()]
         self._last_commit = now
         try:
             if sync:
-                self.consumer.commit(offsets=offsets, asynchronous=False)
+                answered = self.consumer.commit(offsets=offsets, asynchronous=False) or offsets
+                for tp in answered:
+                    if tp.error is None:
+                        self.offsets.commit_done((tp.topic, tp.partition), tp.offset)
+                self.m.commit("success" if all(tp.error is None for tp in answered) else "failed")
             else:
                 self._commit_started = now
                 self.consumer.commit(offsets=offsets, asynchronous=True)
@@ -143,6 +163,8 @@ class SinkWorker:
                 self.offsets.commit_failed((tp.topic, tp.partition), tp.offset)
 
     def on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if self._closing:
+            return  # the commits of close() itself: counted there
         self._commit_started = None
         self.m.commit("failed" if error is not None else "success")
         if error is not None:
@@ -150,8 +172,13 @@ class SinkWorker:
             log.warning("%s: commit failed: %s", self.name, error)
             for tp in partitions:
                 self.offsets.commit_failed((tp.topic, tp.partition), tp.offset)
-        else:
-            self._connected(True)
+            return
+        self._connected(True)
+        for tp in partitions:
+            if tp.error is None:
+                self.offsets.commit_done((tp.topic, tp.partition), tp.offset)
+            else:
+                self.offsets.commit_failed((tp.topic, tp.partition), tp.offset)
 
     # --- rebalance (librdkafka callbacks, inside consume() on this thread) ---------------------------------
 
@@ -173,10 +200,11 @@ class SinkWorker:
         self.task.close_partitions(gone)
         points = [(tp, self.offsets.revoke(tp)) for tp in gone]
         self._paused -= gone
+        self.m.paused.set(len(self._paused))
         for topic, partition in gone:
             self.m.forget_lag(topic, partition)
         to_commit = [TopicPartition(t, p, o) for (t, p), o in points if o is not None]
-        if commit and to_commit:
+        if commit and to_commit and not self._closing:  # close() follows a final commit
             try:
                 self.consumer.commit(offsets=to_commit, asynchronous=False)
             except KafkaException as exc:
@@ -236,7 +264,6 @@ class SinkWorker:
         records, nbytes = self.task.buffered()
         self.m.buffered_records.set(records)
         self.m.buffered_bytes.set(nbytes)
-        self.task.service.rate_limiter.account_stall()
 
     async def _shutdown(self) -> None:
         deadline = self._clock() + self.shutdown_timeout
@@ -244,10 +271,13 @@ class SinkWorker:
         self.dead_letters.flush(max(1.0, deadline - self._clock()))
         self.commit(self._clock(), sync=True)
         self._update_gauges()
+        self._closing = True
         try:
             self.consumer.close()
         except (KafkaException, RuntimeError) as exc:
             log.warning("%s: closing the consumer: %s", self.name, exc)
+        self._paused.clear()
+        self.m.paused.set(0)  # closed: it holds no partition, paused or not
         if self._on_close is not None:
             await self._on_close()
         log.info("%s: stopped", self.name)

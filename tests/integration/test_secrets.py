@@ -24,7 +24,7 @@ from connector.sandbox.control import SandboxClient
 from connector.sandbox.events import json_events, produce, uxr_activity
 from connector.sandbox.harness import ConnectorThread
 from connector.sandbox.kafka_broker import create_topic
-from tests.integration.support import API, destination, figure, read_topic, sink
+from tests.integration.support import API, destination, figure, headers_of, read_topic, sink
 
 pytestmark = pytest.mark.integration
 
@@ -103,7 +103,8 @@ def test_canary_secrets_appear_nowhere(
     json.loads(printed)  # it is the configuration
 
     # A run: good records delivered, bad ones refused with answers echoing our credentials.
-    doc["kafka"].pop("sasl.password")  # librdkafka would want SASL set up to use it
+    kafka: dict[str, str] = doc["kafka"]  # type: ignore[assignment]
+    kafka.pop("sasl.password")  # librdkafka would want SASL set up to use it
     settings = parse_settings(doc, env=env)
     handler = _All()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
@@ -125,8 +126,9 @@ def test_canary_secrets_appear_nowhere(
         root.removeHandler(handler)
         root.setLevel(old_level)
     letters = read_topic(kafka_bootstrap, f"{topic}.dlq", 20, timeout=30)
-    headers = "\n".join(f"{k}={v!r}" for m in letters for k, v in (m.headers() or []) if k.startswith("__"))
-    bodies = [v for m in letters for k, v in (m.headers() or []) if k == "__activity.error.http_body"]
+    pairs = [(k, v) for m in letters for k, v in headers_of(m).items()]
+    headers = "\n".join(f"{k}={v!r}" for k, v in pairs if k.startswith("__"))
+    bodies = [v for k, v in pairs if k == "__activity.error.http_body"]
     logs = "\n".join(handler.lines)
     figure(
         f"\ncanaries: {len(logs.splitlines())} log lines, {len(metrics_text.splitlines())} metric lines, "

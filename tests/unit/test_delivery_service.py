@@ -72,7 +72,7 @@ def test_retries_exhausted_fail_every_record_with_redacted_body() -> None:
     result, _ = _run(lambda r: httpx.Response(502, text="upstream said tok-123"), [record(activity("a"))])
     ((_rec, failure),) = result.failed
     assert failure.reason == "retries_exhausted" and failure.attempts == 3 and failure.http_status == 502
-    assert failure.http_body == b"upstream said ***"
+    assert failure.http_body == b"upstream said *******"  # masked as it arrived, length kept
 
 
 def test_429_holds_then_succeeds_without_using_attempts() -> None:

@@ -14,17 +14,20 @@ import pytest
 
 from connector.config import DeliverySettings, RetrySettings
 from connector.deadletter import dead_letter_headers
-from connector.delivery.imports import GRACE, ImportFollower
-from connector.delivery.ratelimit import ApiWindow, RateLimiter, budget_of
+from connector.delivery.imports import GRACE, MAX_POLLS, ImportFollower
+from connector.delivery.ratelimit import MAX_HOLD, ApiWindow, RateLimiter, budget_of
 from connector.delivery.service import DeliveryService, Failure, Tracked
 from connector.destinations.base import Destination, Done, Request
+from connector.destinations.mediarithmics import MediarithmicsUserActivities
 from connector.destinations.rally_crm import RallyCrmActivities
 from connector.destinations.rally_uxr import RallyUxrActivities
-from connector.errors import StartupError
+from connector.errors import DestinationAuthError, StartupError
 from connector.metrics import HealthServer, Metrics
 from connector.records import Record
-from connector.redact import redact_and_cut
+from connector.redact import cut, mask
+from connector.sink.offsets import OffsetTracker
 from tests.unit.helpers import activity, record
+from tests.unit.test_sink_worker_task import build
 
 
 def _crm(subject: str) -> dict[str, Any]:
@@ -115,9 +118,9 @@ def test_a_secret_straddling_the_cut_is_redacted_whole() -> None:
     """The body was cut to 1 KiB, then redacted: 10 of 13 characters of a canary token survived."""
     canary = "CANARY-7f3a9Q"
     body = b"x" * 1014 + f"Authorization: Bearer {canary}".encode() + b"y" * 100
-    cut = redact_and_cut(body, [canary], 1024)
-    assert len(cut) <= 1024
-    text = cut.decode()
+    head = cut(mask(body, [canary]), 1024)
+    assert len(head) <= 1024
+    text = head.decode()
     assert not any(canary[i : i + 4] in text for i in range(len(canary) - 3))
     # and through the send stack into a dead letter's http_body
     body2 = b"z" * 1015 + canary.encode() + b"tail"
@@ -189,7 +192,7 @@ class _StatusService:
         self.destination = RallyUxrActivities({})
         self.polls = 0
 
-    async def poll_status(self, request: Request, records: list[Record]) -> object:
+    async def poll_status(self, request: Request, records: list[Record], primary: bool = True) -> object:
         self.polls += 1
         return self.readings.pop(0) if self.readings else 404
 
@@ -209,7 +212,7 @@ def _follow(readings: list[object], clock_step: float) -> tuple[list[Any], list[
 
     follower = ImportFollower(
         service,  # type: ignore[arg-type]
-        lambda t, d: done.append((t.import_id, dict(d.failed))),
+        lambda t, d, outcome: done.append((t.import_id, dict(d.failed))),
         lambda status, pending: unsupported.append((status, [t.import_id for t in pending])),
         clock=clock,
     )
@@ -256,3 +259,194 @@ def test_a_taken_metrics_port_is_one_clear_error() -> None:
         server = HealthServer(Metrics(), lambda: True, lambda: True)
         with pytest.raises(StartupError, match=f"metrics.listen 127.0.0.1:{port}"):
             asyncio.run(server.start("127.0.0.1", port))
+
+
+# --- found by the adversarial review of this change, each reproduced first ------------------------------
+
+
+def test_an_unreadable_2xx_uses_attempts_and_is_never_probed_forever() -> None:
+    """Any answer shows the API is up: it is not an outage, so the record's attempts run out."""
+    posts: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        posts.append(1)
+        return httpx.Response(200, json={"created": 1, "failed": 1, "errors": []})  # counts do not add up
+
+    async def go() -> Any:
+        async with httpx.AsyncClient(base_url="http://api", transport=httpx.MockTransport(handler)) as c:
+            service, _ = _service(RallyCrmActivities({}), c, attempts=4)
+            return await service.deliver([record(_crm("a"))])
+
+    result = asyncio.run(go())
+    assert len(posts) == 4
+    assert [f.reason for _, f in result.failed] == ["retries_exhausted"]
+
+
+def test_records_of_a_revoked_partition_are_not_resent() -> None:
+    posts: list[int] = []
+    owned = [True]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        posts.append(1)
+        owned[0] = False  # the partition is revoked while the request is out
+        return httpx.Response(503)
+
+    async def go() -> Any:
+        async with httpx.AsyncClient(base_url="http://api", transport=httpx.MockTransport(handler)) as c:
+            service, _ = _service(RallyUxrActivities({}), c, attempts=5)
+            return await service.deliver([record(activity("a"))], lambda r: owned[0])
+
+    result = asyncio.run(go())
+    assert len(posts) == 1 and not result.delivered and not result.failed
+
+
+class _Setup(RallyUxrActivities):
+    """A destination that needs a setup request first (as mediarithmics' daily document import)."""
+
+    ready = False
+
+    def setup(self) -> Request | None:
+        return None if self.ready else Request("POST", "/setup", b"{}")
+
+    def read_setup(self, status: int, body: bytes, request: Request) -> bool:
+        self.ready = 200 <= status < 300
+        return self.ready
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_setup_refused_credentials_stop_the_sink(status: int) -> None:
+    async def go() -> Any:
+        transport = httpx.MockTransport(lambda r: httpx.Response(status))
+        async with httpx.AsyncClient(base_url="http://api", transport=transport) as c:
+            service, _ = _service(_Setup({}), c)
+            return await service.deliver([record(activity("a"))])
+
+    with pytest.raises(DestinationAuthError):
+        asyncio.run(go())
+
+
+def test_setup_rate_limited_waits_without_using_attempts() -> None:
+    answers = iter([httpx.Response(429, headers={"Retry-After": "0"})] * 5 + [httpx.Response(200)] * 10)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/setup":
+            return next(answers)
+        return httpx.Response(202, json={"message": "ok", "importId": None})
+
+    async def go() -> Any:
+        async with httpx.AsyncClient(base_url="http://api", transport=httpx.MockTransport(handler)) as c:
+            service, _ = _service(_Setup({}), c, attempts=2)
+            return await service.deliver([record(activity("a"))])
+
+    assert len(asyncio.run(go()).delivered) == 1
+
+
+def test_an_import_keeps_being_followed_while_one_of_its_partitions_is_kept() -> None:
+    """A revoke dropped a whole import if any record was of a revoked partition: the kept partition's
+    records were then never settled (ack: completed) or never dead-lettered (ack: accepted)."""
+    worker, _, _, _, _ = build(partitions=(0, 1))
+    task = worker.task
+    task.offsets.assign(("t", 0))
+    task.offsets.assign(("t", 1))
+    mixed = Tracked(
+        [record(activity("a"), 0, partition=0), record(activity("b"), 0, partition=1)],
+        Request("GET", "/imports/x", b""),
+        "x",
+    )
+    only_1 = Tracked([record(activity("c"), 1, partition=1)], Request("GET", "/imports/y", b""), "y")
+
+    async def go() -> None:
+        task.imports.add(mixed)
+        task.imports.add(only_1)
+        task.close_partitions({("t", 1)})
+
+    asyncio.run(go())
+    assert [t.import_id for t in task.imports.followed()] == ["x"]
+
+
+def test_polls_without_an_answer_do_not_count_towards_giving_up() -> None:
+    done, _, service = _follow([None] * (MAX_POLLS + 5) + [Done()] * 3, clock_step=1000.0)
+    assert sorted(done) == [("0", {}), ("1", {}), ("2", {})] and service.polls == MAX_POLLS + 8
+
+
+def test_a_404_on_a_follow_up_fails_that_import_only() -> None:
+    """An error file that is gone used to stop import following for the whole sink."""
+    mics = MediarithmicsUserActivities({"datamart_id": 1})
+    batch = [record({"ts": 1, "type": "TOUCH", "events": []}, i) for i in range(2)]
+    reading = mics.read_status(
+        404, b"", Request("GET", "/data_file/data?uri=x", b"", context="errors"), batch
+    )
+    assert isinstance(reading, Done) and sorted(reading.failed) == [0, 1]
+
+
+def test_stop_returns_even_when_a_poll_wait_was_woken_in_the_same_turn() -> None:
+    """wait_for on 3.11 could swallow the cancel: the poller then never ended and stop() hung."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json={"importId": "i", "status": "UPLOADING"})
+        return httpx.Response(202, json={"message": "ok", "importId": "i"})
+
+    worker, _, _, _, _ = build(handler)
+    task = worker.task
+
+    async def go() -> bool:
+        task._follower = asyncio.create_task(task._follow())
+        task.imports.add(Tracked([], Request("GET", "/imports/a", b""), "a"))
+        await asyncio.sleep(0.7)
+        task.imports.add(Tracked([], Request("GET", "/imports/b", b""), "b"))  # wakes the waiting poller
+        stopping = asyncio.create_task(task.stop(time.monotonic() - 1, time.monotonic))
+        finished, _ = await asyncio.wait([stopping], timeout=8)
+        return bool(finished)
+
+    assert asyncio.run(go())
+
+
+def test_commit_points_not_yet_acknowledged_are_committed_on_revoke() -> None:
+    offsets = OffsetTracker()
+    epoch = offsets.assign(("t", 0))
+    for o in range(5):
+        offsets.state(("t", 0)).pending.append(o)  # type: ignore[union-attr]
+        offsets.settle(("t", 0), epoch, o)
+    assert offsets.to_commit() == {("t", 0): 5}  # handed out; its async commit is in flight
+    assert offsets.revoke(("t", 0)) == 5  # not acknowledged: the revoke commits it (synchronously)
+
+
+def test_acknowledged_commits_are_not_repeated_and_settles_behind_the_point_are_ignored() -> None:
+    offsets = OffsetTracker()
+    epoch = offsets.assign(("t", 0))
+    state = offsets.state(("t", 0))
+    assert state is not None
+    state.pending.extend(range(3))
+    for o in range(3):
+        offsets.settle(("t", 0), epoch, o)
+    assert offsets.to_commit() == {("t", 0): 3}
+    offsets.commit_done(("t", 0), 3)
+    assert offsets.unacknowledged() == {} and offsets.revoke(("t", 0)) is None
+    epoch = offsets.assign(("t", 0))
+    state = offsets.state(("t", 0))
+    assert state is not None
+    state.pending.append(7)
+    offsets.settle(("t", 0), epoch, 7)
+    assert offsets.to_commit() == {("t", 0): 8}
+    assert not offsets.settle(("t", 0), epoch, 7)  # delivered, then failed in its import: no stale entry
+    assert state.done == set()
+
+
+def test_a_reset_in_epoch_milliseconds_and_an_absurd_wait_are_bounded() -> None:
+    assert budget_of(
+        {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "1700000030000"}, 1_700_000_000.0
+    ) == (
+        0,
+        30.0,
+    )
+    limiter = RateLimiter(Metrics().sink("s"), clock=lambda: 0.0, wall=lambda: 1_700_000_000.0)
+    limiter.observe(429, {"retry-after": "99999999"}, 1)
+    assert limiter.window.hold_until == MAX_HOLD
+
+
+def test_a_secret_cut_where_masking_reads_is_never_left_in_part() -> None:
+    secret = "SECRETTOKEN1"
+    body = b"x" * 1000 + secret.encode() * 3
+    head = cut(mask(body, [secret]), 1024).decode()
+    assert not any(secret[i : i + 4] in head for i in range(len(secret) - 3))

@@ -102,6 +102,9 @@ class FakeDeadLetters:
     def pending(self) -> int:
         return len(self._unacked)
 
+    def held(self) -> tuple[int, int]:
+        return len(self._unacked), sum(r.size for r, _ in self._unacked)
+
     def write(self, record: Record, failure: Failure) -> None:
         self._unacked.append((record, failure))
 
