@@ -12,8 +12,10 @@ import httpx
 import orjson
 import pytest
 
+from connector.codec.registry import SchemaRegistry
 from connector.config import DeliverySettings, RetrySettings
 from connector.deadletter import dead_letter_headers
+from connector.delivery.auth import TokenEndpointError
 from connector.delivery.imports import GRACE, MAX_POLLS, ImportFollower
 from connector.delivery.ratelimit import MAX_HOLD, ApiWindow, RateLimiter, budget_of
 from connector.delivery.service import DeliveryService, Failure, Tracked
@@ -21,7 +23,7 @@ from connector.destinations.base import Destination, Done, Request
 from connector.destinations.mediarithmics import MediarithmicsUserActivities
 from connector.destinations.rally_crm import RallyCrmActivities
 from connector.destinations.rally_uxr import RallyUxrActivities
-from connector.errors import DestinationAuthError, StartupError
+from connector.errors import ConnectorError, DestinationAuthError, RegistryError, StartupError
 from connector.metrics import HealthServer, Metrics
 from connector.records import Record
 from connector.redact import cut, mask
@@ -450,3 +452,16 @@ def test_a_secret_cut_where_masking_reads_is_never_left_in_part() -> None:
     body = b"x" * 1000 + secret.encode() * 3
     head = cut(mask(body, [secret]), 1024).decode()
     assert not any(secret[i : i + 4] in head for i in range(len(secret) - 3))
+
+
+def test_registry_and_token_endpoint_errors_are_in_the_error_tree() -> None:
+    """They escaped it (ConnectionError, an httpx error) and printed tracebacks."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # nothing listens there
+    with pytest.raises(RegistryError, match="unreachable") as caught:
+        SchemaRegistry(f"http://127.0.0.1:{port}", timeout=2).schema(1)
+    assert isinstance(caught.value, ConnectorError)
+    assert issubclass(TokenEndpointError, ConnectorError) and issubclass(
+        TokenEndpointError, httpx.TransportError
+    )
