@@ -1,4 +1,9 @@
-"""`activity-connector check`: validate a configuration file and print it with secrets redacted."""
+"""`activity-connector check`: validate a configuration file and print the effective configuration.
+
+Validation goes as far as it can without a broker: every Kafka client the run would build is built (and
+closed at once), so librdkafka itself checks its properties. `--connect` then reaches Kafka and each
+destination, writing nothing.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +12,28 @@ import sys
 from pathlib import Path
 
 import httpx
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from connector.config import load_settings, redacted
+from connector.config import effective, load_settings
 from connector.destinations import for_sink
+from connector.kafka import admin_config, validate_clients
 
 
 def check(path: Path, connect: bool) -> int:
     settings = load_settings(path)
     for i, sink in enumerate(settings.sinks):
         for_sink(sink, i)
-    print(json.dumps(redacted(settings), indent=2, default=str))
+    validate_clients(settings)
+    print(json.dumps(effective(settings), indent=2))
     if not connect:
         return 0
     failures = 0
     try:
-        metadata = AdminClient(dict(settings.kafka)).list_topics(timeout=10)
+        metadata = AdminClient(admin_config(settings.kafka)).list_topics(timeout=10)
         print(f"kafka: reachable ({len(metadata.brokers)} brokers)")
-    except Exception as exc:  # any failure here is reported, not raised: this is a diagnosis command
-        print(f"kafka: NOT reachable ({type(exc).__name__})", file=sys.stderr)
+    except KafkaException as exc:
+        print(f"kafka: NOT reachable: {exc.args[0].str() if exc.args else exc}", file=sys.stderr)
         failures += 1
     for sink in settings.sinks:
         try:
@@ -33,7 +41,8 @@ def check(path: Path, connect: bool) -> int:
             print(f"{sink.name}: {sink.destination.url} answered HTTP {answer.status_code}")
         except httpx.HTTPError as exc:
             print(
-                f"{sink.name}: {sink.destination.url} NOT reachable ({type(exc).__name__})", file=sys.stderr
+                f"{sink.name}: {sink.destination.url} NOT reachable ({type(exc).__name__}: {exc})",
+                file=sys.stderr,
             )
             failures += 1
     return 1 if failures else 0

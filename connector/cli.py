@@ -1,4 +1,4 @@
-"""Commands: run, check, demo, sandbox. Argument parsing and exit codes only.
+"""The command line: argument parsing and exit codes only.
 
 Exit status: 0 done; 2 invalid configuration or usage; 1 a fatal runtime error.
 """
@@ -10,47 +10,84 @@ import logging
 import sys
 from pathlib import Path
 
+from connector import __version__
 from connector.errors import ConfigError, FatalError
+from connector.logs import LEVELS, setup_logging
 
 log = logging.getLogger("connector")
 
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+DESCRIPTION = (
+    "Kafka activity events to SaaS bulk-import APIs (Rally UXR, Rally CRM, mediarithmics, any JSON/NDJSON "
+    "bulk endpoint), at least once, with a dead-letter topic and Prometheus metrics."
+)
+EPILOG = (
+    "Exit status: 0 done, 2 invalid configuration or usage, 1 fatal runtime error. Docs: README.md, docs/."
+)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="activity-connector", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run every configured sink until SIGTERM/SIGINT")
-    run.add_argument("-c", "--config", required=True, type=Path)
-    check = sub.add_parser("check", help="validate the configuration and print it with secrets redacted")
-    check.add_argument("-c", "--config", required=True, type=Path)
-    check.add_argument(
-        "--connect", action="store_true", help="also reach Kafka and each destination (no writes)"
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-level",
+        choices=LEVELS,
+        default=argparse.SUPPRESS,
+        help="log level (default: the configuration's logging.level, else info)",
     )
-    demo = sub.add_parser("demo", help="local Kafka + sandbox APIs + sample events, run until drained")
-    demo.add_argument("--records", type=int, default=20_000)
-    sandbox = sub.add_parser("sandbox", help="serve local simulators of every seeded API")
-    sandbox.add_argument("--host", default="127.0.0.1")
-    sandbox.add_argument("--port", type=int, default=8080)
+    parser = argparse.ArgumentParser(
+        prog="activity-connector", description=DESCRIPTION, epilog=EPILOG, parents=[common]
+    )
+    parser.add_argument("--version", action="version", version=f"activity-connector {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    config_help = "the YAML configuration file"
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run every configured sink until SIGTERM/SIGINT",
+        description="Run every configured sink until SIGTERM/SIGINT; then flush, settle, commit and exit 0.",
+    )
+    run.add_argument("-c", "--config", required=True, type=Path, help=config_help)
+    check = sub.add_parser(
+        "check",
+        parents=[common],
+        help="validate the configuration and print it, secrets as ***",
+        description="Validate the configuration (librdkafka's properties included) and print the effective "
+        "configuration, secrets as ***; the output loads back as a configuration file.",
+    )
+    check.add_argument("-c", "--config", required=True, type=Path, help=config_help)
+    check.add_argument(
+        "--connect", action="store_true", help="also reach Kafka and each destination (nothing is written)"
+    )
+    demo = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="local Kafka + sandbox APIs + sample events, run until drained",
+        description="Start a local Kafka broker and the sandbox APIs, produce sample events (some bad), run "
+        "the connector until everything is delivered or dead-lettered, print a summary.",
+    )
+    demo.add_argument("--records", type=int, default=20_000, help="sample events to produce (default 20000)")
+    sandbox = sub.add_parser(
+        "sandbox",
+        parents=[common],
+        help="serve local simulators of every seeded API",
+        description="Serve local simulators of every seeded API under one port (see docs/sandbox.md).",
+    )
+    sandbox.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sandbox.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    level: str | None = getattr(args, "log_level", None)
+    setup_logging("text", level or "info")
     try:
         if args.command == "run":
             from connector.app import run_app
             from connector.config import load_settings
 
-            run_app(load_settings(args.config))
+            settings = load_settings(args.config)
+            setup_logging(settings.log_format, level or settings.log_level)
+            run_app(settings)
         elif args.command == "check":
             from connector.check import check
 

@@ -123,6 +123,29 @@ class Settings:
     shutdown_timeout: float
     sinks: tuple[SinkSettings, ...]
     base_dir: Path = Path(".")
+    log_format: str = "text"
+    log_level: str = "info"
+
+
+# librdkafka properties the connector sets itself: at-least-once and its metrics depend on them.
+OWNED_KAFKA_KEYS = {
+    "enable.auto.commit": "offsets are committed only once settled (delivered or dead-lettered)",
+    "enable.auto.offset.store": "offsets are committed only once settled (delivered or dead-lettered)",
+    "group.id": "set it per sink with sinks[].group_id",
+    "enable.idempotence": "dead letters are written idempotently",
+    "acks": "dead letters are acknowledged by every in-sync replica (acks=all)",
+    "logger": "librdkafka's log lines go through the connector's logging",
+    "error_cb": "the connector follows Kafka's health itself",
+    "stats_cb": "the connector reads librdkafka's statistics itself",
+    "on_commit": "the connector follows its commits itself",
+}
+
+
+def _owned(section: Mapping[str, Any], key: str) -> None:
+    for name in section:
+        why = OWNED_KAFKA_KEYS.get(name)
+        if why is not None:
+            raise ConfigError(f"{key}.{name}", f"set by the connector and cannot be changed: {why}")
 
 
 # --- environment expansion -------------------------------------------------------------------------------
@@ -280,6 +303,7 @@ def _sink(section: _Section, index: int, base_dir: Path) -> SinkSettings:
         pattern = pattern if pattern.startswith("^") else "^" + pattern
     consumer = section.section("consumer").data
     section.seen.add("consumer")
+    _owned(consumer, section.path("consumer"))
 
     fmt = section.choice("format", ("json", "avro", "avro-confluent"), "json")
     schema_raw = section.raw("schema")
@@ -375,6 +399,11 @@ def parse_settings(
     root.seen.add("kafka")
     if "bootstrap.servers" not in kafka:
         raise ConfigError("kafka.bootstrap.servers", "is required")
+    _owned(kafka, "kafka")
+    logs = root.section("logging")
+    log_format = logs.choice("format", ("json", "text"), "text")
+    log_level = logs.choice("level", ("debug", "info", "warning", "error"), "info")
+    logs.finish()
     metrics = root.section("metrics")
     listen = metrics.string("listen", "0.0.0.0:9464")
     metrics.finish()
@@ -400,6 +429,8 @@ def parse_settings(
         shutdown_timeout=shutdown_timeout,
         sinks=sinks,
         base_dir=base_dir,
+        log_format=log_format,
+        log_level=log_level,
     )
 
 
@@ -416,24 +447,68 @@ def load_settings(path: Path, env: Mapping[str, str] | None = None) -> Settings:
     return parse_settings(data, env, path.resolve().parent)
 
 
+def effective(settings: Settings) -> dict[str, Any]:
+    """The effective configuration in the file's own keys, every secret as ***: `check` prints it, and
+    what it prints loads back as a configuration file."""
+
+    def auth(a: AuthSettings) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": a.type}
+        if a.type == "bearer":
+            out["token"] = "***"
+        elif a.type == "api_key":
+            out.update(header=a.header, value="***")
+        elif a.type == "header":
+            out.update(name=a.header, value="***")
+        elif a.type == "oauth2_client_credentials":
+            out.update(token_url=a.token_url, client_id=a.client_id, client_secret="***")
+            if a.scope:
+                out["scope"] = a.scope
+        return out
+
+    def kafka_props(props: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: "***" if _SECRET_KEYS.search(str(k)) else v for k, v in props.items()}
+
+    def sink(s: SinkSettings) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": s.name}
+        if s.topic_pattern:
+            out["topic_pattern"] = s.topic_pattern
+        else:
+            out["topics"] = list(s.topics)
+        out.update(group_id=s.group_id, consumer=kafka_props(s.consumer), format=s.format)
+        if s.schema is not None:
+            out["schema"] = str(s.schema)
+        if s.schema_registry_url is not None:
+            out["schema_registry"] = {"url": s.schema_registry_url}
+        d = s.destination
+        out["destination"] = {"type": d.type, "url": d.url, "auth": auth(d.auth), **d.options}
+        b, r = s.batch, s.delivery.retry
+        batch: dict[str, Any] = {"max_bytes": b.max_bytes, "max_wait": b.max_wait}
+        if b.max_records is not None:
+            batch["max_records"] = b.max_records
+        batch["max_buffered_bytes"] = b.max_buffered_bytes
+        out["batch"] = batch
+        delivery: dict[str, Any] = {
+            "concurrency": s.delivery.concurrency,
+            "timeout": s.delivery.timeout,
+            "retry": {
+                "max_attempts": r.max_attempts,
+                "initial_backoff": r.initial_backoff,
+                "max_backoff": r.max_backoff,
+            },
+        }
+        if s.delivery.requests_per_second:
+            delivery["rate_limit"] = {"requests_per_second": s.delivery.requests_per_second}
+        out["delivery"] = delivery
+        out.update(dead_letter={"topic": s.dead_letter_topic}, on_error=s.on_error)
+        return out
+
+    return {
+        "kafka": kafka_props(settings.kafka),
+        "metrics": {"listen": f"{settings.metrics_host}:{settings.metrics_port}"},
+        "shutdown_timeout": settings.shutdown_timeout,
+        "logging": {"format": settings.log_format, "level": settings.log_level},
+        "sinks": [sink(s) for s in settings.sinks],
+    }
+
+
 _SECRET_KEYS = re.compile(r"(password|secret|token|sasl\.oauthbearer|key\.password)", re.IGNORECASE)
-
-
-def redacted(settings: Settings) -> dict[str, Any]:
-    """The effective configuration as plain data, every secret replaced by ***."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, Secret):
-            return "***"
-        if isinstance(value, Path):
-            return str(value)
-        if hasattr(value, "__dataclass_fields__"):
-            return {k: plain(getattr(value, k)) for k in value.__dataclass_fields__}
-        if isinstance(value, Mapping):
-            return {k: "***" if _SECRET_KEYS.search(str(k)) else plain(v) for k, v in value.items()}
-        if isinstance(value, tuple | list):
-            return [plain(v) for v in value]
-        return value
-
-    result: dict[str, Any] = plain(settings)
-    return result

@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from connector.delivery.service import Failure, Reason
+from connector.delivery.service import Failure
 from connector.metrics import SinkMetrics
-from connector.records import Record
+from connector.records import Reason, Record
 
 log = logging.getLogger(__name__)
 

@@ -130,7 +130,7 @@ def cases(total: int) -> list[Case]:
 
 
 def run_demo(records: int = 20_000) -> int:
-    # The summary is the demo's output; the connector's own logs would drown it (run `run -v` to see them).
+    # The summary is the demo's output; the connector's own info lines would drown it.
     logging.getLogger("connector").setLevel(logging.WARNING)
     print("activity-connector demo: starting Kafka (the first run fetches its jars from Maven Central)...")
     bootstrap, broker = broker_from_env()

@@ -11,8 +11,16 @@ to expire the dead member (`session.timeout.ms`, 45 s by default). Consumer-only
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Mapping
 from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Producer
+
+from connector.config import Settings
+from connector.errors import ConfigError
+from connector.logs import KAFKA_LOGGER
 
 # A broker that comes back is found within 2 s, not librdkafka's default of up to 10 s.
 CLIENT_DEFAULTS: dict[str, Any] = {"reconnect.backoff.max.ms": 2000}
@@ -25,6 +33,8 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "queued.max.messages.kbytes": 16384,
     "fetch.wait.max.ms": 100,
 }
+# librdkafka's own log lines go through Python logging (served from consume()/poll() on the loop thread).
+_LOGGING: dict[str, Any] = {"logger": logging.getLogger(KAFKA_LOGGER)}
 CONSUMER_FORCED: dict[str, Any] = {
     # We commit only settled offsets ourselves; librdkafka must never commit on its own.
     "enable.auto.commit": False,
@@ -33,7 +43,7 @@ CONSUMER_FORCED: dict[str, Any] = {
 
 
 def consumer_config(kafka: Mapping[str, Any], group_id: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    return {**CONSUMER_DEFAULTS, **kafka, "group.id": group_id, **overrides, **CONSUMER_FORCED}
+    return {**CONSUMER_DEFAULTS, **kafka, "group.id": group_id, **overrides, **CONSUMER_FORCED, **_LOGGING}
 
 
 # Consumer properties a user may set under `kafka:` for every sink (e.g. static membership from the pod
@@ -70,4 +80,38 @@ def producer_config(kafka: Mapping[str, Any]) -> dict[str, Any]:
         "compression.type": "lz4",
         "enable.idempotence": True,
         "acks": "all",
+        **_LOGGING,
     }
+
+
+_PROPERTY = re.compile(r'[`"]([a-z0-9_.]+)[`"]')
+
+
+def config_error(exc: KafkaException, where: dict[str, Mapping[str, Any]]) -> ConfigError:
+    """librdkafka's refusal of a property, as a configuration error naming the key in the file."""
+    message: str = exc.args[0].str() if exc.args else str(exc)
+    found = _PROPERTY.search(message)
+    prop = found.group(1) if found else ""
+    for key, props in where.items():
+        if prop in props:
+            return ConfigError(f"{key}.{prop}", message)
+    return ConfigError(next(iter(where)), message)
+
+
+def validate_clients(settings: Settings) -> None:
+    """Build (and close at once) every Kafka client the sinks would use, so librdkafka checks every
+    property: an unknown key or a bad value is a ConfigError naming it. Nothing is connected to."""
+    quiet = {"log_level": 0}
+    for i, sink in enumerate(settings.sinks):
+        where = {"kafka": settings.kafka, f"sinks[{i}].consumer": sink.consumer}
+        try:
+            Consumer({**consumer_config(settings.kafka, sink.group_id, sink.consumer), **quiet}).close()
+            Producer({**producer_config(settings.kafka), **quiet}).flush(0)
+        except KafkaException as exc:
+            raise config_error(exc, where) from None
+
+
+def admin_config(kafka: Mapping[str, Any]) -> dict[str, Any]:
+    """For `check --connect`: librdkafka's lines through logging (repeats collapsed), not stderr."""
+    common = {k: v for k, v in kafka.items() if k not in CONSUMER_ONLY}
+    return {**CLIENT_DEFAULTS, **common, **_LOGGING}

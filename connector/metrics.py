@@ -8,13 +8,33 @@ batch rather than once per record.
 from __future__ import annotations
 
 import asyncio
+import gzip
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
+from prometheus_client.exposition import choose_encoder
 
+from connector import __version__
 from connector.errors import StartupError
+from connector.records import REASONS
+
+# `_created` series double every counter's series and no dashboard of ours reads them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+# Label values known in advance: their series exist (at zero) from the start, so rate() and alerts see
+# them before the first event instead of "no data".
+BATCH_OUTCOMES = ("success", "partial", "retried", "failed")
+IMPORT_OUTCOMES = ("completed", "failed", "unknown")
+COMMIT_OUTCOMES = ("success", "failed")
 
 P = "activity_connector_"
 _SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
@@ -27,6 +47,10 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.build_info = Gauge(P + "build_info", "The connector's version", ("version",), registry=r)
+        self.build_info.labels(__version__).set(1)
         s = ("sink",)
         self.records_consumed = Counter(
             P + "records_consumed", "Records read from Kafka", (*s, "topic"), registry=r
@@ -44,7 +68,13 @@ class Metrics:
             P + "batches_sent", "Requests made, by result", (*s, "outcome"), registry=r
         )
         self.http_requests = Counter(
-            P + "http_requests", "HTTP answers by status", (*s, "status"), registry=r
+            P + "http_requests", "HTTP answers by status (every request)", (*s, "status"), registry=r
+        )
+        self.status_requests = Counter(
+            P + "status_requests",
+            "HTTP answers to import status requests by status (part of http_requests_total)",
+            (*s, "status"),
+            registry=r,
         )
         self.rate_limited = Counter(P + "rate_limited", "429 answers", s, registry=r)
         self.rate_limit_stall_seconds = Counter(
@@ -134,6 +164,17 @@ class SinkMetrics:
         self.import_status_unsupported = m.import_status_unsupported.labels(sink)
         self._counters: dict[tuple[str, str], Counter] = {}
         self._lags: dict[tuple[str, int], Gauge] = {}
+        for family, values in (
+            (m.records_dead_lettered, REASONS),
+            (m.batches_sent, BATCH_OUTCOMES),
+            (m.imports, IMPORT_OUTCOMES),
+            (m.commits, COMMIT_OUTCOMES),
+        ):
+            for value in values:
+                self._child(family, value)
+        self.stalled.set(0)
+        self.paused.set(0)
+        self.inflight.set(0)
 
     def _child(self, family: Counter, *values: str) -> Counter:
         key = (family._name, "\0".join(values))
@@ -151,8 +192,10 @@ class SinkMetrics:
     def batch(self, outcome: str) -> None:
         self._child(self._m.batches_sent, outcome).inc()
 
-    def http(self, status: str) -> None:
+    def http(self, status: str, poll: bool = False) -> None:
         self._child(self._m.http_requests, status).inc()
+        if poll:
+            self._child(self._m.status_requests, status).inc()
 
     def retry(self, reason: str) -> None:
         self._child(self._m.retries, reason).inc()
@@ -190,9 +233,15 @@ class HealthServer:
         self._runner: web.AppRunner | None = None
         self.port = 0
 
-    async def _metrics_page(self, _: web.Request) -> web.Response:
-        body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, self._metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def _metrics_page(self, request: web.Request) -> web.Response:
+        # prometheus-client's own encoders: OpenMetrics when the scraper asks for it, else text 0.0.4.
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        body = await asyncio.get_running_loop().run_in_executor(None, encode, self._metrics.registry)
+        headers = {"Content-Type": content_type}
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            body = gzip.compress(body)
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(body=body, headers=headers)
 
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.Response(status=200 if self._alive() else 503, text="ok" if self._alive() else "stalled")

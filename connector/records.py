@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 from confluent_kafka import Message
+
+# Why a record was not delivered: its dead letter's `__activity.error.reason`, and the `reason` label.
+Reason = Literal[
+    "decode_error", "invalid_record", "record_too_large", "rejected", "retries_exhausted", "import_failed"
+]
+REASONS: tuple[Reason, ...] = get_args(Reason)
 
 
 class Record:

@@ -25,7 +25,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, get_args
 
 import httpx
 
@@ -45,7 +44,7 @@ from connector.destinations.base import (
 )
 from connector.errors import DestinationAuthError, FatalError
 from connector.metrics import SinkMetrics
-from connector.records import Record
+from connector.records import Reason, Record
 from connector.redact import cut, mask, redact
 
 log = logging.getLogger(__name__)
@@ -58,11 +57,6 @@ UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
 
 # Answers to a status request that may mean the endpoint does not exist (our assumption of it is wrong).
 MISSING_STATUSES = frozenset({404, 405, 501})
-
-Reason = Literal[
-    "decode_error", "invalid_record", "record_too_large", "rejected", "retries_exhausted", "import_failed"
-]
-REASONS: tuple[Reason, ...] = get_args(Reason)
 
 
 def _unavailable(status: int | None) -> bool:
@@ -406,9 +400,9 @@ class DeliveryService:
                 self.concurrency.release(rtt, overloaded, saturated)
         self._m.request_duration.observe(rtt)
         if answer.status is None:
-            self._m.http("error")
+            self._m.http("error", background)
         else:
-            self._m.http(str(answer.status))
+            self._m.http(str(answer.status), background)
             if answer.status == 429:
                 self._m.rate_limited.inc()
             if answer.headers is not None:

@@ -165,7 +165,15 @@ class RallyUxrActivities(_RallyUxrImport):
                         rejected[i] = message
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
             return unreadable(self.type, f"unexpected 2xx answer ({type(exc).__name__}: {exc})")
-        log.info("%s: import %s took %d of %d", self.type, import_id, len(batch) - len(rejected), len(batch))
+        took = len(batch) - len(rejected)
+        log.debug(
+            "%s: import %s took %d of %d",
+            self.type,
+            import_id,
+            took,
+            len(batch),
+            extra={"import_id": import_id},
+        )
         return Success(rejected=rejected, import_id=None if import_id is None else str(import_id))
 
     def identity(self, record: Record) -> list[str]:

@@ -20,8 +20,7 @@ from connector.delivery.auth import credentials
 from connector.delivery.ratelimit import ApiWindows
 from connector.delivery.service import DeliveryService, make_client
 from connector.destinations import for_sink
-from connector.errors import ConfigError
-from connector.kafka import consumer_config, producer_config
+from connector.kafka import config_error, consumer_config, producer_config
 from connector.metrics import Metrics
 from connector.redact import register
 from connector.sink.backpressure import Backpressure
@@ -83,7 +82,7 @@ def build_sink(
         )
     except KafkaException as exc:
         # librdkafka checks its properties as it builds a client: a typo or a bad value is the user's.
-        raise ConfigError(f"sinks[{index}] kafka/consumer", exc.args[0].str()) from None
+        raise config_error(exc, {"kafka": kafka, f"sinks[{index}].consumer": settings.consumer}) from None
     dead_letters = DeadLetterWriter(
         producer, settings.dead_letter_topic, settings.name, destination.type, m, task.dead_lettered
     )

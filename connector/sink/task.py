@@ -239,7 +239,13 @@ class SinkTask:
                 self.offsets.settle((record.topic, record.partition), record.epoch, record.offset)
         self.m.imports(outcome)
         if done.failed:
-            log.warning("%s: import %s: %d records failed", self.name, tracked.import_id, len(done.failed))
+            log.warning(
+                "%s: import %s: %d records failed",
+                self.name,
+                tracked.import_id,
+                len(done.failed),
+                extra={"import_id": tracked.import_id},
+            )
 
     def _imports_unfollowed(self, status: int, pending: list[Tracked]) -> None:
         self.m.import_status_unsupported.set(1)

@@ -21,12 +21,14 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from connector.logs import KAFKA_LOGGER, current_sink
 from connector.metrics import SinkMetrics
 from connector.sink.backpressure import Backpressure
 from connector.sink.offsets import OffsetTracker
 from connector.sink.task import DeadLetters, SinkTask
 
 log = logging.getLogger(__name__)
+kafka_log = logging.getLogger(KAFKA_LOGGER)  # repeated identical lines collapsed (connector.logs)
 
 CONSUME_MAX = 500  # messages handed over per consume() call
 IDLE_SLEEP = 0.01  # seconds to yield when Kafka had nothing for us
@@ -85,6 +87,7 @@ class SinkWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set or a fatal error; then flush, settle, commit and close."""
+        current_sink.set(self.name)  # every log line of this sink's task and the tasks it starts
         self.consumer.subscribe(
             self.subscription, on_assign=self.on_assign, on_revoke=self.on_revoke, on_lost=self.on_lost
         )
@@ -226,7 +229,7 @@ class SinkWorker:
     def on_kafka_error(self, error: KafkaError) -> None:
         if error.code() in _DISCONNECTED:
             self._connected(False)
-        log.warning("%s: kafka: %s", self.name, error)
+        kafka_log.warning("%s: kafka: %s", self.name, error)
         if error.fatal() and self._fatal is None:
             self._fatal = KafkaException(error)
 

@@ -52,3 +52,56 @@ def test_bad_configuration_exits_2_naming_the_problem(
     config.write_text(text)
     assert main(["check", "-c", str(config)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_check_output_loads_back_as_a_configuration(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOKEN", "very-secret-value")
+    config = tmp_path / "c.yaml"
+    config.write_text(GOOD.replace("topics: [a]", "topics: [a]\n    batch: {max_wait: 250ms}"))
+    assert main(["check", "-c", str(config)]) == 0
+    first = capsys.readouterr().out
+    again = tmp_path / "again.yaml"
+    again.write_text(first)
+    assert main(["check", "-c", str(again)]) == 0
+    assert capsys.readouterr().out == first  # the same effective configuration
+    assert '"max_wait": 0.25' in first
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("  bootstrap.server: x", "kafka.bootstrap.server: No such configuration property"),
+        ("  enable.auto.commit: true", "kafka.enable.auto.commit: set by the connector"),
+        ("  fetch.max.bytes: 1000", "fetch.max.bytes"),
+    ],
+)
+def test_kafka_properties_are_checked_offline(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    extra: str,
+    message: str,
+) -> None:
+    monkeypatch.setenv("TOKEN", "t")
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        GOOD.replace(
+            "kafka: {bootstrap.servers: 127.0.0.1:9092}",
+            f"kafka:\n  bootstrap.servers: 127.0.0.1:9092\n{extra}",
+        )
+    )
+    assert main(["check", "-c", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out.startswith("activity-connector ")
+    with pytest.raises(SystemExit):
+        main(["check", "--help"])
+    out = capsys.readouterr().out
+    assert "--connect" in out and "--log-level" in out and "loads back" in out

@@ -3,7 +3,7 @@ from typing import Any
 
 import pytest
 
-from connector.config import Secret, parse_settings, redacted
+from connector.config import Secret, effective, parse_settings
 from connector.errors import ConfigError
 from connector.units import parse_duration, parse_size
 
@@ -44,7 +44,7 @@ def test_env_expansion_defaults_and_secrets(tmp_path: Path) -> None:
     assert sink.group_id == "activity-connector.uxr"
     assert sink.dead_letter_topic == "uxr.dlq"
     assert sink.batch.max_wait == 1.0 and sink.delivery.concurrency == 4
-    shown = redacted(s)
+    shown = effective(s)
     assert "s3cret" not in repr(shown) and "s3cret" not in repr(sink)
     assert shown["sinks"][0]["destination"]["auth"]["token"] == "***"
 

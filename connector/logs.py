@@ -1,0 +1,105 @@
+"""Log output: one JSON object a line (or plain text), with the sink, topic, partition and import id as
+fields; librdkafka's own lines routed through Python logging, repeats collapsed.
+
+The sink comes from a context variable each sink sets in its own asyncio task, so every line logged on
+its behalf (its requests, its import poller, librdkafka's callbacks inside its consume()) carries it
+without being passed around. Topic, partition and import id come from `extra=` where a line has them.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import sys
+import time
+from datetime import UTC, datetime
+
+import orjson
+
+current_sink: contextvars.ContextVar[str | None] = contextvars.ContextVar("sink", default=None)
+
+LEVELS = ("debug", "info", "warning", "error")
+_FIELDS = ("topic", "partition", "import_id")
+REPEAT_WINDOW = 5.0  # seconds during which an identical librdkafka/Kafka line is said once
+KAFKA_LOGGER = "connector.kafka"  # librdkafka's lines and Kafka client errors
+
+
+class SinkField(logging.Filter):
+    """Puts the current sink on every record (None outside a sink)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "sink"):
+            record.sink = current_sink.get()
+        return True
+
+
+class CollapseRepeats(logging.Filter):
+    """An identical line within REPEAT_WINDOW seconds is dropped; the next one says how many were.
+
+    A broker that is down makes librdkafka repeat the same error several times a second."""
+
+    def __init__(self, window: float = REPEAT_WINDOW) -> None:
+        super().__init__()
+        self._window = window
+        self._last: dict[str, tuple[float, int]] = {}  # message -> (when said, dropped since)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        now = time.monotonic()
+        said = self._last.get(message)
+        if said is not None and now - said[0] < self._window:
+            self._last[message] = (said[0], said[1] + 1)
+            return False
+        if said is not None and said[1]:
+            record.msg, record.args = f"{message} (and {said[1]} more times)", None
+        if len(self._last) >= 256:  # bounded: forget the oldest
+            self._last.pop(next(iter(self._last)))
+        self._last[message] = (now, 0)
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        sink = getattr(record, "sink", None)
+        if sink is not None:
+            line["sink"] = sink
+        for name in _FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                line[name] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(line, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        sink = getattr(record, "sink", None)
+        return text if sink is None else f"{text} [sink={sink}]"
+
+
+def setup_logging(fmt: str = "text", level: str = "info") -> None:
+    """Configure the root logger once for the process (replacing any handler set before)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(SinkField())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # httpx logs every request at INFO: one line per request is noise at info level.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    kafka = logging.getLogger(KAFKA_LOGGER)
+    if not any(isinstance(f, CollapseRepeats) for f in kafka.filters):
+        kafka.addFilter(CollapseRepeats())
