@@ -172,6 +172,7 @@ class SinkMetrics:
         ):
             for value in values:
                 self._child(family, value)
+        self._child(m.http_requests, "error")  # "no answer": the failure every API can have
         self.stalled.set(0)
         self.paused.set(0)
         self.inflight.set(0)
