@@ -3,7 +3,15 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install lint test test-unit demo bench clean
+.PHONY: install tools lint test test-unit demo bench clean
+
+# Tools the tests run that are not Python packages, cached outside the repo: helm (built with Go),
+# Prometheus and promtool (Debian's prometheus package).
+TOOLS ?= $(HOME)/.cache/activity-connector/bin
+HELM_VERSION := v3.21.4
+HELM_LDFLAGS := -s -w -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
+	-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=33 \
+	-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=33
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,14 +20,24 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+$(TOOLS)/helm-$(HELM_VERSION):
+	mkdir -p $(TOOLS)
+	GOBIN=$(TOOLS) go install -ldflags "$(HELM_LDFLAGS)" helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	touch $@
+
+tools: $(TOOLS)/helm-$(HELM_VERSION)
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
+		&& (service prometheus stop >/dev/null 2>&1 || true); }
+
 lint: install
 	$(BIN)/ruff check connector tests bench
 	$(BIN)/ruff format --check connector tests bench
 	$(BIN)/mypy
 
 # Unit tests need no broker; integration tests start a real Apache Kafka broker (jars cached outside the repo).
-test: lint
-	$(BIN)/pytest
+test: lint tools
+	PATH="$(TOOLS):$$PATH" $(BIN)/pytest
 
 test-unit: install
 	$(BIN)/pytest tests/unit
