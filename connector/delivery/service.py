@@ -1,4 +1,8 @@
-"""The send stack every destination shares: rate limit → concurrency → retry → timeout, per batch.
+"""The send stack every destination shares, per batch: retry (outermost) → rate limit → concurrency → timeout.
+
+Every send and resend of a batch goes through `deliver`'s retry loop, which passes each request through
+the rate limiter (`RateLimiter.acquire`), then the concurrency limit (`ConcurrencyLimiter.acquire`),
+then the HTTP client's timeout (`_send`); the answer comes back to the retry loop as one typed decision.
 
 `DeliveryService.deliver` takes a batch and returns which records were delivered and which failed (with
 the reason their dead letter will carry). It raises DestinationAuthError when the API refuses our
