@@ -10,7 +10,7 @@ batch say how (`setup`, `read_setup`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,9 @@ class Destination:
     max_records: int = 1000
     schema_file: str | Path | None = None
     ack_completed: bool = False
+    # Records in the API's own field names where those are not Avro names (mediarithmics' `$ts`): the
+    # schema's names from them, before validation. None: the schema's names are the API's.
+    from_api_names: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     def check(self, payload: dict[str, Any]) -> str | None:
         """A rule the schema cannot say (e.g. a timestamp's zone); the problem in words, or None."""

@@ -2,7 +2,8 @@
 
 Each sink creates a document import (`USER_ACTIVITY`, `APPLICATION_X_NDJSON`) and reuses it for the day,
 starting a new one each UTC day as the docs advise; each batch is one execution whose body is NDJSON, one
-activity per line. The `$` the Avro schema cannot carry in field names is added back here. An execution is
+activity per line. The `$` the Avro schema cannot carry in field names is added back here; JSON records
+may carry either form (`$ts` or `ts`), Avro records the `$`-less names. An execution is
 tracked to a terminal status; the lines of its error file are dead-lettered with reason `import_failed`.
 
 Options: `datamart_id` (required), `ack: accepted | completed`, `import_name` (default
@@ -48,10 +49,32 @@ def _dollar(value: dict[str, Any]) -> dict[str, Any]:
     return {"$" + k: v for k, v in value.items() if v is not None}
 
 
+def _undollar(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    return {k[1:] if k[:1] == "$" else k: v for k, v in value.items()}
+
+
+def from_api_names(payload: dict[str, Any]) -> dict[str, Any]:
+    """A JSON document in mediarithmics' own names (`$ts`, `$type`, `$events[].$event_name`, ...) in the
+    schema's names; a document already in the schema's names is returned as it is."""
+    if not any(k[:1] == "$" for k in payload):
+        return payload
+    doc: dict[str, Any] = _undollar(payload)
+    for key in ("email_hash", "origin", "location"):
+        if isinstance(doc.get(key), dict):
+            doc[key] = _undollar(doc[key])
+    events = doc.get("events")
+    if isinstance(events, list):
+        doc["events"] = [_undollar(e) for e in events]
+    return doc
+
+
 class MediarithmicsUserActivities(Destination):
     type = "mediarithmics.user_activities"
     max_records = 100_000  # bounded by bytes (batch.max_bytes), keep files well under 100 MB
     schema_file = "mediarithmics_user_activity.avsc"
+    from_api_names = staticmethod(from_api_names)
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         unknown = set(options) - {"datamart_id", "ack", "import_name"}

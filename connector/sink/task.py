@@ -123,6 +123,7 @@ class SinkTask:
         Returns the messages that carry a consumer error instead of a record, for the worker."""
         state_of, lanes, nlanes = self.offsets.state, self.lanes, len(self.lanes)
         decode, validate, check = self.decoder.decode, self.validate, self.destination.check
+        from_api_names = self.destination.from_api_names
         max_bytes = self.max_bytes
         consumed: dict[str, int] = {}
         errors: list[Message] = []
@@ -155,6 +156,8 @@ class SinkTask:
             except DecodeError as exc:
                 self.dead_letter(record, Failure("decode_error", str(exc)))
                 continue
+            if from_api_names is not None:
+                payload = from_api_names(payload)
             problem = validate(payload) or check(payload)
             if problem is not None:
                 self.dead_letter(record, Failure("invalid_record", problem))

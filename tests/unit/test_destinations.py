@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from connector.codec import compile_validator, load_schema
+from connector.codec import compile_validator, load_schema, validator_for
 from connector.destinations import make_destination
 from connector.destinations.base import Done, FollowUp, GiveUp, Pending, RetryAfter, Split, Success
 from connector.destinations.http_bulk import HttpBulk, resolve_pointer
@@ -134,6 +134,26 @@ def _mics() -> MediarithmicsUserActivities:
     assert dest.read_setup(200, b'{"status": "ok", "data": {"id": "imp-1"}}', setup)
     assert dest.setup() is None  # one import per day
     return dest
+
+
+def test_mics_json_in_the_apis_own_dollar_names_is_taken_as_it_is() -> None:
+    """5,000 documents with the documented `$` names were all dead-lettered as invalid_record."""
+    dest = _mics()
+    documented = {
+        "$user_agent_id": "vec:1",
+        "$ts": 1_790_000_000_000,
+        "$type": "TOUCH",
+        "$session_status": "NO_SESSION",
+        "$origin": {"$channel_id": "site-1"},
+        "$events": [{"$ts": 1_790_000_000_001, "$event_name": "$email_mapping", "$properties": {"n": 1}}],
+    }
+    assert dest.from_api_names is not None
+    payload = dest.from_api_names(documented)
+    assert validator_for(dest.schema_file)(payload) is None and dest.check(payload) is None
+    # and it goes out exactly as it came in
+    assert orjson.loads(dest.build([record(payload)]).content) == documented
+    plain = {"user_agent_id": "vec:1", "ts": 1, "type": "TOUCH"}
+    assert dest.from_api_names(plain) is plain  # already in the schema's names: untouched
 
 
 def test_mics_lines_carry_dollar_names() -> None:
