@@ -16,14 +16,15 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from connector.config import effective, load_settings
-from connector.destinations import for_sink
+from connector.destinations import for_sink, mapper_for
 from connector.kafka import admin_config, validate_clients
 
 
 def check(path: Path, connect: bool) -> int:
     settings = load_settings(path)
     for i, sink in enumerate(settings.sinks):
-        for_sink(sink, i)
+        destination, _ = for_sink(sink, i)
+        mapper_for(sink, destination, i)
     validate_clients(settings)
     print(json.dumps(effective(settings), indent=2))
     if not connect:

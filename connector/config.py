@@ -109,6 +109,7 @@ class SinkSettings:
     delivery: DeliverySettings
     dead_letter_topic: str
     on_error: OnError
+    mapping: Mapping[str, Any] | None = None  # target field -> source (connector.codec.mapping)
 
     @property
     def subscription(self) -> list[str]:
@@ -370,6 +371,9 @@ def _sink(section: _Section, index: int, base_dir: Path) -> SinkSettings:
     dead_letter_topic = dl.string("topic", f"{name}.dlq")
     dl.finish()
     on_error = section.choice("on_error", ("dead_letter", "fail"), "dead_letter")
+    mapping = section.raw("mapping")
+    if mapping is not None and not isinstance(mapping, dict):
+        raise ConfigError(section.path("mapping"), "must be a mapping of target fields to their sources")
     group_id = section.string("group_id", f"activity-connector.{name}")
     section.finish()
     return SinkSettings(
@@ -386,6 +390,7 @@ def _sink(section: _Section, index: int, base_dir: Path) -> SinkSettings:
         delivery=delivery,
         dead_letter_topic=dead_letter_topic,
         on_error=on_error,  # type: ignore[arg-type]
+        mapping=mapping,
     )
 
 
@@ -500,6 +505,8 @@ def effective(settings: Settings) -> dict[str, Any]:
             delivery["rate_limit"] = {"requests_per_second": s.delivery.requests_per_second}
         out["delivery"] = delivery
         out.update(dead_letter={"topic": s.dead_letter_topic}, on_error=s.on_error)
+        if s.mapping is not None:
+            out["mapping"] = s.mapping
         return out
 
     return {

@@ -1,14 +1,19 @@
 """Bytes → records: one decoder per `format`, and validation against the destination's schema."""
 
 from connector.codec.base import DecodeError, Decoder, make_decoder
-from connector.codec.schema import Validator, compile_validator, load_schema, validator_for
+from connector.codec.mapping import Mapper, MappingError, compile_mapping
+from connector.codec.schema import Validator, compile_validator, load_schema, schema_of, validator_for
 
 __all__ = [
     "DecodeError",
     "Decoder",
+    "Mapper",
+    "MappingError",
     "Validator",
+    "compile_mapping",
     "compile_validator",
     "load_schema",
     "make_decoder",
+    "schema_of",
     "validator_for",
 ]

@@ -187,10 +187,19 @@ def compile_validator(schema: dict[str, Any]) -> Validator:
     return _record(schema, {})
 
 
+def schema_of(schema: str | Path | None) -> dict[str, Any] | None:
+    """A shipped schema (by name) or a schema file (by path); None for "any JSON object"."""
+    if schema is None:
+        return None
+    if isinstance(schema, Path):
+        loaded: dict[str, Any] = json.loads(schema.read_text())
+        return loaded
+    return load_schema(schema)
+
+
 def validator_for(schema: str | Path | None) -> Validator:
     """The validator of a shipped schema (by name), a schema file (by path), or one taking any object."""
-    if schema is None:
+    record_schema = schema_of(schema)
+    if record_schema is None:
         return lambda record: None
-    if isinstance(schema, Path):
-        return compile_validator(json.loads(schema.read_text()))
-    return compile_validator(load_schema(schema))
+    return compile_validator(record_schema)

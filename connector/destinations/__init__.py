@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from connector.codec import Mapper, compile_mapping, schema_of
 from connector.config import SinkSettings
 from connector.destinations.base import Destination
 from connector.destinations.http_bulk import HttpBulk
@@ -20,6 +21,13 @@ _REGISTRY: dict[str, Callable[[Mapping[str, Any]], Destination]] = {
     MediarithmicsUserActivities.type: MediarithmicsUserActivities,
     HttpBulk.type: HttpBulk,
 }
+
+
+def mapper_for(sink: SinkSettings, destination: Destination, index: int) -> Mapper | None:
+    """The sink's `mapping:`, compiled against its destination's record schema (None without one)."""
+    if sink.mapping is None:
+        return None
+    return compile_mapping(sink.mapping, schema_of(destination.schema_file), f"sinks[{index}].mapping")
 
 
 def for_sink(sink: SinkSettings, index: int) -> tuple[Destination, int]:
@@ -47,4 +55,4 @@ def make_destination(kind: str, options: Mapping[str, Any]) -> Destination:
     return factory(options)
 
 
-__all__ = ["Destination", "for_sink", "make_destination"]
+__all__ = ["Destination", "for_sink", "make_destination", "mapper_for"]

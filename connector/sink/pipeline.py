@@ -19,7 +19,7 @@ from connector.deadletter import DeadLetterWriter
 from connector.delivery.auth import credentials
 from connector.delivery.ratelimit import ApiWindows
 from connector.delivery.service import DeliveryService, make_client
-from connector.destinations import for_sink
+from connector.destinations import for_sink, mapper_for
 from connector.kafka import config_error, consumer_config, producer_config
 from connector.metrics import Metrics
 from connector.redact import register
@@ -39,6 +39,7 @@ def build_sink(
 ) -> SinkWorker:
     m = metrics.sink(settings.name)
     destination, max_records = for_sink(settings, index)
+    mapper = mapper_for(settings, destination, index)
     dest = settings.destination
     creds = credentials(dest.auth)
     register(creds.secrets)
@@ -67,6 +68,7 @@ def build_sink(
         max_records=max_records,
         max_bytes=b.max_bytes,
         max_wait=b.max_wait,
+        mapper=mapper,
     )
     worker: SinkWorker
     config = consumer_config(kafka, settings.group_id, settings.consumer)

@@ -1,4 +1,4 @@
-"""The task side of a sink (as Kafka Connect's SinkTask): decode → validate → batch → deliver → settle.
+"""The task side of a sink (as Kafka Connect's SinkTask): decode → map → validate → batch → deliver → settle.
 
 It is handed consumed messages (`put`), closes batches by count, bytes and time, delivers them through
 the shared send stack, and settles each record: delivered, or written to the dead-letter topic and
@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import Message
 
-from connector.codec import DecodeError, Decoder, Validator
+from connector.codec import DecodeError, Decoder, Mapper, MappingError, Validator
 from connector.delivery.imports import ImportFollower
 from connector.delivery.service import BatchResult, DeliveryService, Failure, Tracked
 from connector.destinations.base import Destination, Done
@@ -96,6 +96,7 @@ class SinkTask:
         max_records: int,
         max_bytes: int,
         max_wait: float,
+        mapper: Mapper | None = None,
     ) -> None:
         self.name = name
         self.decoder = decoder
@@ -105,6 +106,7 @@ class SinkTask:
         self.offsets = offsets
         self.m = metrics
         self.max_bytes = max_bytes
+        self.mapper = mapper
         self.lanes = [Lane(Batcher(max_records, max_bytes, max_wait)) for _ in range(lanes)]
         self.imports = ImportFollower(service, self._import_done, self._imports_unfollowed)
         self.dead_letters: DeadLetters | None = None
@@ -123,7 +125,7 @@ class SinkTask:
         Returns the messages that carry a consumer error instead of a record, for the worker."""
         state_of, lanes, nlanes = self.offsets.state, self.lanes, len(self.lanes)
         decode, validate, check = self.decoder.decode, self.validate, self.destination.check
-        from_api_names = self.destination.from_api_names
+        from_api_names, mapper = self.destination.from_api_names, self.mapper
         max_bytes = self.max_bytes
         consumed: dict[str, int] = {}
         errors: list[Message] = []
@@ -156,7 +158,13 @@ class SinkTask:
             except DecodeError as exc:
                 self.dead_letter(record, Failure("decode_error", str(exc)))
                 continue
-            if from_api_names is not None:
+            if mapper is not None:
+                try:
+                    payload = mapper(payload)
+                except MappingError as exc:
+                    self.dead_letter(record, Failure("invalid_record", f"mapping: {exc}"))
+                    continue
+            elif from_api_names is not None:
                 payload = from_api_names(payload)
             problem = validate(payload) or check(payload)
             if problem is not None:
