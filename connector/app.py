@@ -14,7 +14,7 @@ import time
 from connector.config import Settings
 from connector.delivery.ratelimit import ApiWindows
 from connector.metrics import HealthServer, Metrics
-from connector.redact import install_log_redaction
+from connector.redact import install_log_redaction, register
 from connector.sink.pipeline import build_sink
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         install_log_redaction()
+        register([s.reveal() for s in settings.secret_values])
         self.metrics = Metrics()
         windows = ApiWindows()  # one rate-limit budget per API and credential, whichever sinks use it
         self.sinks = [

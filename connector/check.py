@@ -18,6 +18,7 @@ from confluent_kafka.admin import AdminClient
 from connector.config import effective, load_settings
 from connector.destinations import for_sink, mapper_for
 from connector.kafka import admin_config, validate_clients
+from connector.redact import redact
 
 
 def check(path: Path, connect: bool) -> int:
@@ -26,7 +27,8 @@ def check(path: Path, connect: bool) -> int:
         destination, _ = for_sink(sink, i)
         mapper_for(sink, destination, i)
     validate_clients(settings)
-    print(json.dumps(effective(settings), indent=2))
+    # Masked by where secrets stand, then wherever a secret's value appears (in a URL, an option...).
+    print(redact(json.dumps(effective(settings), indent=2), (s.reveal() for s in settings.secret_values)))
     if not connect:
         return 0
     failures = 0

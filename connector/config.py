@@ -126,6 +126,9 @@ class Settings:
     base_dir: Path = Path(".")
     log_format: str = "text"
     log_level: str = "info"
+    # Every secret of the file (credentials, ${VAR}s and secret_files in secret places, header values):
+    # masked wherever it appears in what `check` prints, and in every log line.
+    secret_values: tuple[Secret, ...] = ()
 
 
 # librdkafka properties the connector sets itself: at-least-once and its metrics depend on them.
@@ -154,30 +157,51 @@ def _owned(section: Mapping[str, Any], key: str) -> None:
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def _expand(value: Any, key: str, env: Mapping[str, str], base_dir: Path) -> Any:
+def _expand(value: Any, key: str, env: Mapping[str, str], base_dir: Path, secrets: list[str]) -> Any:
+    """`${VAR}` and `{secret_file: PATH}` expanded; what is secret among them is added to `secrets`."""
     if isinstance(value, str):
 
         def substitute(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
             if name in env:
-                return env[name]
-            if default is not None:
-                return default
-            raise ConfigError(key, f"environment variable {name} is not set and has no default")
+                found = env[name]
+            elif default is not None:
+                found = default
+            else:
+                raise ConfigError(key, f"environment variable {name} is not set and has no default")
+            if _SECRET_VARS.search(name) or _secret_place(key):
+                secrets.append(found)
+            return found
 
         return _VAR.sub(substitute, value)
     if isinstance(value, dict):
         if set(value) == {"secret_file"}:
-            path = Path(str(_expand(value["secret_file"], key, env, base_dir)))
+            path = Path(str(_expand(value["secret_file"], key, env, base_dir, secrets)))
             path = path if path.is_absolute() else base_dir / path
             try:
-                return path.read_text().strip()
+                content = path.read_text().strip()
             except OSError as exc:
                 raise ConfigError(key, f"cannot read secret_file {path}: {exc.strerror}") from None
-        return {k: _expand(v, f"{key}.{k}" if key else str(k), env, base_dir) for k, v in value.items()}
+            secrets.append(content)
+            return content
+        return {
+            k: _expand(v, f"{key}.{k}" if key else str(k), env, base_dir, secrets) for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [_expand(v, f"{key}[{i}]", env, base_dir) for i, v in enumerate(value)]
+        return [_expand(v, f"{key}[{i}]", env, base_dir, secrets) for i, v in enumerate(value)]
     return value
+
+
+def _plain_secrets(value: Any, key: str, secrets: list[str]) -> None:
+    """Secrets written into the file itself (not through ${VAR} or secret_file), by where they stand."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _plain_secrets(v, f"{key}.{k}" if key else str(k), secrets)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _plain_secrets(v, f"{key}[{i}]", secrets)
+    elif isinstance(value, str | int) and not isinstance(value, bool) and _secret_place(key):
+        secrets.append(str(value))
 
 
 # --- typed readers ------------------------------------------------------------------------------------------
@@ -399,7 +423,9 @@ def parse_settings(
 ) -> Settings:
     """Settings from an already loaded YAML document."""
     env = os.environ if env is None else env
-    root = _Section(_expand(data, "", env, base_dir), "")
+    found: list[str] = []
+    _plain_secrets(data, "", found)
+    root = _Section(_expand(data, "", env, base_dir, found), "")
     kafka = root.section("kafka").data
     root.seen.add("kafka")
     if "bootstrap.servers" not in kafka:
@@ -436,6 +462,8 @@ def parse_settings(
         base_dir=base_dir,
         log_format=log_format,
         log_level=log_level,
+        # Short values would mask every occurrence of a common word; they are masked where they stand.
+        secret_values=tuple(Secret(v) for v in dict.fromkeys(found) if len(v) >= 4),
     )
 
 
@@ -483,9 +511,12 @@ def effective(settings: Settings) -> dict[str, Any]:
         if s.schema is not None:
             out["schema"] = str(s.schema)
         if s.schema_registry_url is not None:
-            out["schema_registry"] = {"url": s.schema_registry_url}
+            out["schema_registry"] = {"url": _masked_url(s.schema_registry_url)}
         d = s.destination
-        out["destination"] = {"type": d.type, "url": d.url, "auth": auth(d.auth), **d.options}
+        options = dict(d.options)
+        if isinstance(options.get("headers"), dict):
+            options["headers"] = dict.fromkeys(options["headers"], "***")
+        out["destination"] = {"type": d.type, "url": _masked_url(d.url), "auth": auth(d.auth), **options}
         b, r = s.batch, s.delivery.retry
         batch: dict[str, Any] = {"max_bytes": b.max_bytes, "max_wait": b.max_wait}
         if b.max_records is not None:
@@ -518,4 +549,29 @@ def effective(settings: Settings) -> dict[str, Any]:
     }
 
 
-_SECRET_KEYS = re.compile(r"(password|secret|token|sasl\.oauthbearer|key\.password)", re.IGNORECASE)
+# librdkafka and Schema Registry properties that hold credentials.
+_SECRET_KEYS = re.compile(
+    r"(password|secret|token|sasl\.oauthbearer\.config|key\.pem|basic\.auth\.user\.info)", re.IGNORECASE
+)
+# Environment variables whose names say they hold a credential.
+_SECRET_VARS = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL|PRIVATE)", re.IGNORECASE)
+_AUTH_SECRETS = ("token", "value", "client_secret")
+
+
+def _secret_place(key: str) -> bool:
+    """Whether the value at this key of the file is a credential."""
+    parent, _, last = key.rpartition(".")
+    if parent.endswith(".auth"):
+        return last in _AUTH_SECRETS
+    if parent.endswith(".headers"):
+        return True  # an HTTP header a destination sends (Authorization, X-Api-Key, ...)
+    return bool(_SECRET_KEYS.search(key))
+
+
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+_URL_QUERY_VALUES = re.compile(r"(?<=[?&])([^=&#\s]+)=[^&#\s]*")
+
+
+def _masked_url(url: str) -> str:
+    """A URL without the credentials or query values it may carry."""
+    return _URL_QUERY_VALUES.sub(r"\1=***", _URL_CREDENTIALS.sub("***@", url))

@@ -42,6 +42,9 @@ def build_sink(
     mapper = mapper_for(settings, destination, index)
     dest = settings.destination
     creds = credentials(dest.auth)
+    headers = dest.options.get("headers")
+    if isinstance(headers, dict):  # http.bulk's own headers may carry credentials too
+        creds.secrets.extend(str(v) for v in headers.values() if len(str(v)) >= 4)
     register(creds.secrets)
     client = make_client(dest.url, creds.headers, settings.delivery, creds.auth)
     service = DeliveryService(

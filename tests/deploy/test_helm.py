@@ -84,7 +84,7 @@ def test_lint_template_and_validate_every_example(values: Path, tmp_path: Path) 
 def test_the_rendered_configuration_passes_check(
     values: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    documents = _render(values)
+    documents = _render(values, "--set", "staticMembership=true")
     (config_map,) = [d for d in documents if d["kind"] == "ConfigMap" and "connector.yaml" in d["data"]]
     secrets = tmp_path / "secrets"
     secrets.mkdir()
@@ -114,6 +114,14 @@ def test_the_pod_runs_as_the_issue_asks() -> None:
     assert pod["terminationGracePeriodSeconds"] > int(config["shutdown_timeout"].removesuffix("s"))
     assert "replicas" not in by_kind["Deployment"]["spec"]  # KEDA sets them
     assert by_kind["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
+    assert "group.instance.id" not in config["kafka"]  # off by default: rollouts rename pods
+    triggers = by_kind["ScaledObject"]["spec"]["triggers"]  # one per topic of every sink, authenticated
+    assert [t["metadata"]["consumerGroup"] for t in triggers] == [
+        "activity-connector.uxr-activities",
+        "activity-connector.crm-activities",
+    ]
+    assert all(t["authenticationRef"] == {"name": "kafka-sasl"} for t in triggers)
+    assert by_kind["Service"]["spec"]["publishNotReadyAddresses"] is True
     rules = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
     assert by_kind["PrometheusRule"]["spec"] == rules
     dashboard = next(d for d in documents if d["metadata"]["name"].endswith("-dashboard"))
@@ -129,3 +137,11 @@ def test_the_pod_runs_as_the_issue_asks() -> None:
 def test_values_schema_refuses_bad_values(bad: str) -> None:
     linted = _helm("lint", str(CHART), "-f", str(CHART / "examples" / "minimal.yaml"), "--set", bad)
     assert linted.returncode != 0 and "values don't meet the specifications" in linted.stdout + linted.stderr
+
+
+def test_secret_env_without_a_secret_name_is_refused_at_render() -> None:
+    """It rendered secretKeyRef.name "", which the API server refuses only at install time."""
+    rendered = _helm(
+        "template", "rel", str(CHART), "-f", str(CHART / "examples" / "minimal.yaml"), "--set", "secret.name="
+    )
+    assert rendered.returncode != 0 and "secret.name is required when secret.env is set" in rendered.stderr

@@ -105,3 +105,33 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
         main(["check", "--help"])
     out = capsys.readouterr().out
     assert "--connect" in out and "--log-level" in out and "loads back" in out
+
+
+LEAKY = """
+kafka:
+  bootstrap.servers: 127.0.0.1:9092
+  ssl.key.pem: "-----BEGIN PRIVATE KEY-----PEMSECRETMATERIAL"
+sinks:
+  - name: bulk
+    topics: [a]
+    destination:
+      type: http.bulk
+      url: https://user:URLPASS@api.example.com/x?api_key=QUERYSECRET
+      headers: {Authorization: "Bearer HEADERSECRET", X-Api-Key: "${APIKEY}"}
+      auth: {type: bearer, token: "${TOKEN}"}
+"""
+
+
+def test_check_masks_every_secret_wherever_it_stands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It printed header values, ${VAR}s outside auth, a PEM key and URL credentials in clear."""
+    monkeypatch.setenv("APIKEY", "ENVSECRET")
+    monkeypatch.setenv("TOKEN", "TOKSECRET")
+    config = tmp_path / "c.yaml"
+    config.write_text(LEAKY)
+    assert main(["check", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    for secret in ("PEMSECRET", "URLPASS", "QUERYSECRET", "HEADERSECRET", "ENVSECRET", "TOKSECRET"):
+        assert secret not in out
+    assert '"type": "bearer"' in out and "api.example.com" in out  # what is not secret still shows
