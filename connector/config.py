@@ -142,6 +142,7 @@ OWNED_KAFKA_KEYS = {
     "error_cb": "the connector follows Kafka's health itself",
     "stats_cb": "the connector reads librdkafka's statistics itself",
     "on_commit": "the connector follows its commits itself",
+    "transactional.id": "dead letters are written by an idempotent, not a transactional, producer",
 }
 
 
@@ -450,6 +451,24 @@ def parse_settings(
     for i, n in enumerate(names):
         if n in names[:i]:
             raise ConfigError(f"sinks[{i}].name", f"duplicate sink name {n!r}")
+    # Static members of one group need distinct ids: the second would fence the first, and both exit.
+    static = [
+        (s.group_id, s.consumer.get("group.instance.id", kafka.get("group.instance.id"))) for s in sinks
+    ]
+    for i, (group, instance) in enumerate(static):
+        if instance is not None and (group, instance) in static[:i]:
+            raise ConfigError(
+                f"sinks[{i}].group_id",
+                f"{group!r} is also another sink's group, with the same group.instance.id: give each sink "
+                "its own group_id",
+            )
+    statistics = {**kafka, **{k: v for s in sinks for k, v in s.consumer.items()}}.get(
+        "statistics.interval.ms"
+    )
+    if statistics is not None and str(statistics).strip() in ("0", ""):
+        raise ConfigError(
+            "kafka.statistics.interval.ms", "must be above 0: consumer lag and Kafka health need it"
+        )
     if root.has("sources"):
         raise ConfigError("sources", "sources (peopleai.activities) are not available in this version yet")
     root.finish()

@@ -66,6 +66,12 @@ CONSUMER_ONLY = frozenset(
         "queued.max.messages.kbytes",
         "isolation.level",
         "check.crcs",
+        "enable.partition.eof",
+        "auto.commit.interval.ms",
+        "fetch.queue.backoff.ms",
+        "fetch.error.backoff.ms",
+        "queued.max.messages",
+        "statistics.interval.ms",
     }
 )
 
@@ -84,13 +90,19 @@ def producer_config(kafka: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-_PROPERTY = re.compile(r'[`"]([a-z0-9_.]+)[`"]')
+# librdkafka names the property as `name`, as configuration property "name", or as "name" alone (an
+# unknown one); a value it refuses is quoted too, so the property's own forms are tried first.
+_PROPERTY = (
+    re.compile(r"configuration property \"([a-z0-9_.]+)\""),
+    re.compile(r"`([a-z0-9_.]+)`"),
+    re.compile(r'"([a-z0-9_.]+)"'),
+)
 
 
 def config_error(exc: KafkaException, where: dict[str, Mapping[str, Any]]) -> ConfigError:
     """librdkafka's refusal of a property, as a configuration error naming the key in the file."""
     message: str = exc.args[0].str() if exc.args else str(exc)
-    found = _PROPERTY.search(message)
+    found = next((m for pattern in _PROPERTY if (m := pattern.search(message))), None)
     prop = found.group(1) if found else ""
     for key, props in where.items():
         if prop in props:

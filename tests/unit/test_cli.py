@@ -75,6 +75,9 @@ def test_check_output_loads_back_as_a_configuration(
         ("  bootstrap.server: x", "kafka.bootstrap.server: No such configuration property"),
         ("  enable.auto.commit: true", "kafka.enable.auto.commit: set by the connector"),
         ("  fetch.max.bytes: 1000", "fetch.max.bytes"),
+        ("  isolation.level: read_commited", "kafka.isolation.level: Invalid value"),
+        ("  transactional.id: x", "kafka.transactional.id: set by the connector"),
+        ("  statistics.interval.ms: 0", "kafka.statistics.interval.ms: must be above 0"),
     ],
 )
 def test_kafka_properties_are_checked_offline(
@@ -135,3 +138,24 @@ def test_check_masks_every_secret_wherever_it_stands(
     for secret in ("PEMSECRET", "URLPASS", "QUERYSECRET", "HEADERSECRET", "ENVSECRET", "TOKSECRET"):
         assert secret not in out
     assert '"type": "bearer"' in out and "api.example.com" in out  # what is not secret still shows
+
+
+def test_two_sinks_of_one_group_with_one_static_id_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each would fence the other (FENCED_INSTANCE_ID is fatal) and both would exit."""
+    monkeypatch.setenv("TOKEN", "t")
+    second = (
+        GOOD.split("sinks:\n")[1].replace("name: uxr", "name: uxr2").replace("topics: [a]", "topics: [b]")
+    )
+    text = GOOD.replace(
+        "kafka: {bootstrap.servers: 127.0.0.1:9092}",
+        "kafka: {bootstrap.servers: 127.0.0.1:9092, group.instance.id: pod-1}",
+    )
+    text = text.replace("topics: [a]", "topics: [a]\n    group_id: shared") + second.replace(
+        "topics: [b]", "topics: [b]\n    group_id: shared"
+    )
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    assert main(["check", "-c", str(config)]) == 2
+    assert "sinks[1].group_id" in capsys.readouterr().err
