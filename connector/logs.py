@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import sys
 import time
+from collections import OrderedDict
 from datetime import UTC, datetime
 
 import orjson
@@ -33,28 +35,37 @@ class SinkField(logging.Filter):
         return True
 
 
+# The parts of librdkafka's lines that change on every repeat of the same event.
+_CHANGING = re.compile(r"\(after \d+ms[^)]*\)|\d+ms in state \w+|\d+ms")
+
+
 class CollapseRepeats(logging.Filter):
-    """An identical line within REPEAT_WINDOW seconds is dropped; the next one says how many were.
+    """A line repeating within REPEAT_WINDOW seconds is dropped; the next one said says how many were.
 
-    A broker that is down makes librdkafka repeat the same error several times a second."""
+    A broker that is down makes librdkafka repeat the same error several times a second, each time with
+    another "after Nms": lines are compared without those changing parts."""
 
-    def __init__(self, window: float = REPEAT_WINDOW) -> None:
+    def __init__(self, window: float = REPEAT_WINDOW, size: int = 256) -> None:
         super().__init__()
         self._window = window
-        self._last: dict[str, tuple[float, int]] = {}  # message -> (when said, dropped since)
+        self._size = size
+        self._last: OrderedDict[str, tuple[float, int]] = OrderedDict()  # line -> (when said, dropped)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        key = _CHANGING.sub("", message)
         now = time.monotonic()
-        said = self._last.get(message)
-        if said is not None and now - said[0] < self._window:
-            self._last[message] = (said[0], said[1] + 1)
-            return False
-        if said is not None and said[1]:
-            record.msg, record.args = f"{message} (and {said[1]} more times)", None
-        if len(self._last) >= 256:  # bounded: forget the oldest
-            self._last.pop(next(iter(self._last)))
-        self._last[message] = (now, 0)
+        said = self._last.get(key)
+        if said is not None:
+            self._last.move_to_end(key)  # least recently seen lines are forgotten first
+            if now - said[0] < self._window:
+                self._last[key] = (said[0], said[1] + 1)
+                return False
+            if said[1]:
+                record.msg, record.args = f"{message} (and {said[1]} more times)", None
+        self._last[key] = (now, 0)
+        if len(self._last) > self._size:
+            self._last.popitem(last=False)
         return True
 
 

@@ -224,6 +224,19 @@ class SinkMetrics:
         return self._m.value(name, {"sink": self.name, **labels})
 
 
+def _accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding header allows gzip (`gzip;q=0` refuses it)."""
+    for part in accept_encoding.split(","):
+        coding, _, params = part.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "*"):
+            q = params.strip().removeprefix("q=") if params.strip().startswith("q=") else "1"
+            try:
+                return float(q) > 0
+            except ValueError:
+                return False
+    return False
+
+
 class HealthServer:
     """Serves /metrics, /healthz (the loops are alive) and /readyz (every sink assigned, Kafka reachable)."""
 
@@ -239,7 +252,7 @@ class HealthServer:
         encode, content_type = choose_encoder(request.headers.get("Accept", ""))
         body = await asyncio.get_running_loop().run_in_executor(None, encode, self._metrics.registry)
         headers = {"Content-Type": content_type}
-        if "gzip" in request.headers.get("Accept-Encoding", ""):
+        if _accepts_gzip(request.headers.get("Accept-Encoding", "")):
             body = gzip.compress(body)
             headers["Content-Encoding"] = "gzip"
         return web.Response(body=body, headers=headers)

@@ -222,8 +222,13 @@ class SinkWorker:
         self._connected(any(b.get("state") == "UP" for b in brokers))
         for topic, t in stats.get("topics", {}).items():
             for pid, p in t.get("partitions", {}).items():
+                if pid == "-1" or self.offsets.state((topic, int(pid))) is None:
+                    continue
                 lag = p.get("consumer_lag", -1)
-                if pid != "-1" and lag >= 0 and self.offsets.state((topic, int(pid))) is not None:
+                if lag < 0 and p.get("committed_offset", -1) < 0 and p.get("hi_offset", -1) >= 0:
+                    # Nothing committed yet (a new group): everything still in the log is waiting.
+                    lag = p["hi_offset"] - max(p.get("lo_offset", 0), 0)
+                if lag >= 0:
                     self.m.lag(topic, int(pid), lag)
 
     def on_kafka_error(self, error: KafkaError) -> None:

@@ -178,7 +178,9 @@ def _evaluate(api: str) -> list[tuple[str, str, Any]]:
     dashboard = json.loads(DASHBOARD.read_text())
     for panel in dashboard["panels"]:
         for target in panel["targets"]:
-            expr = target["expr"].replace("$sink", ".+").replace("$__rate_interval", "1m")
+            expr = (
+                target["expr"].replace("$sink", ".+").replace("$job", ".+").replace("$__rate_interval", "1m")
+            )
             queries.append(("panel", f"{panel['title']} / {target['legendFormat']}", expr))
     for group in yaml.safe_load(RULES.read_text())["groups"]:
         for rule in group["rules"]:

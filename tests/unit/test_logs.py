@@ -65,3 +65,20 @@ def test_secrets_are_redacted_from_every_log_record() -> None:
         "x", logging.INFO, __file__, 1, "token %s", ("Tk9-canary-Zz",), None
     )
     assert record.getMessage() == "token ***"
+
+
+def test_lines_differing_only_in_their_timings_are_one_line() -> None:
+    logger = logging.getLogger("connector.kafka.test")
+    collapse = CollapseRepeats(window=60)
+    lines = [
+        f"127.0.0.1:9092/1: Connect to ipv4#127.0.0.1:9092 failed (after {ms}ms in state CONNECT)"
+        for ms in (0, 1, 5)
+    ]
+    assert [collapse.filter(_record(logger, line)) for line in lines] == [True, False, False]
+
+
+def test_gzip_only_when_the_scraper_accepts_it() -> None:
+    from connector.metrics import _accepts_gzip
+
+    assert _accepts_gzip("gzip") and _accepts_gzip("deflate, gzip;q=0.5") and _accepts_gzip("*")
+    assert not _accepts_gzip("gzip;q=0, identity") and not _accepts_gzip("identity") and not _accepts_gzip("")
