@@ -103,7 +103,7 @@ class SinkSettings:
     consumer: Mapping[str, Any]
     format: Format
     schema: Path | None
-    schema_registry_url: str | None
+    schema_registry: Mapping[str, str] | None  # the Confluent client's property names, verbatim
     destination: DestinationSettings
     batch: BatchSettings
     delivery: DeliverySettings
@@ -130,6 +130,15 @@ class Settings:
     # masked wherever it appears in what `check` prints, and in every log line.
     secret_values: tuple[Secret, ...] = ()
 
+
+# `schema_registry:` takes these of the Confluent client's properties besides `url`.
+REGISTRY_KEYS = (
+    "basic.auth.user.info",
+    "bearer.auth.token",
+    "ssl.ca.location",
+    "ssl.certificate.location",
+    "ssl.key.location",
+)
 
 # librdkafka properties the connector sets itself: at-least-once and its metrics depend on them.
 OWNED_KAFKA_KEYS = {
@@ -341,10 +350,23 @@ def _sink(section: _Section, index: int, base_dir: Path) -> SinkSettings:
             raise ConfigError(section.path("schema"), f"file not found: {schema}")
     if fmt == "avro" and schema is None:
         raise ConfigError(section.path("schema"), "format avro needs the writer schema (.avsc)")
-    registry_url = None
+    registry_props: dict[str, str] | None = None
     if fmt == "avro-confluent":
         registry = section.section("schema_registry")
-        registry_url = registry.string("url")
+        registry_props = {"url": registry.string("url")}
+        for name in REGISTRY_KEYS:
+            if registry.has(name):
+                registry_props[name] = registry.string(name)
+        user_info = registry_props.get("basic.auth.user.info")
+        if user_info is not None and ":" not in user_info:
+            raise ConfigError(registry.path("basic.auth.user.info"), "must be USER:PASSWORD")
+        for name in ("ssl.ca.location", "ssl.certificate.location", "ssl.key.location"):
+            if name in registry_props and not Path(registry_props[name]).is_file():
+                raise ConfigError(registry.path(name), f"file not found: {registry_props[name]}")
+        if ("ssl.certificate.location" in registry_props) != ("ssl.key.location" in registry_props):
+            raise ConfigError(
+                registry.path("ssl.key.location"), "give both ssl.certificate.location and ssl.key.location"
+            )
         registry.finish()
     elif section.has("schema_registry"):
         raise ConfigError(section.path("schema_registry"), "only used with format avro-confluent")
@@ -409,7 +431,7 @@ def _sink(section: _Section, index: int, base_dir: Path) -> SinkSettings:
         consumer=consumer,
         format=fmt,  # type: ignore[arg-type]
         schema=schema,
-        schema_registry_url=registry_url,
+        schema_registry=registry_props,
         destination=destination,
         batch=batch,
         delivery=delivery,
@@ -529,8 +551,9 @@ def effective(settings: Settings) -> dict[str, Any]:
         out.update(group_id=s.group_id, consumer=kafka_props(s.consumer), format=s.format)
         if s.schema is not None:
             out["schema"] = str(s.schema)
-        if s.schema_registry_url is not None:
-            out["schema_registry"] = {"url": _masked_url(s.schema_registry_url)}
+        if s.schema_registry is not None:
+            registry = {k: "***" if _SECRET_KEYS.search(k) else v for k, v in s.schema_registry.items()}
+            out["schema_registry"] = {**registry, "url": _masked_url(s.schema_registry["url"])}
         d = s.destination
         options = dict(d.options)
         if isinstance(options.get("headers"), dict):

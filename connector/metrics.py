@@ -95,6 +95,12 @@ class Metrics:
         self.kafka_connected = Gauge(
             P + "kafka_connected", "1 while the sink reaches a Kafka broker, 0 while it cannot", s, registry=r
         )
+        self.schema_registry_available = Gauge(
+            P + "schema_registry_available",
+            "1 while the sink's Schema Registry answers (avro-confluent), 0 while records wait for it",
+            s,
+            registry=r,
+        )
         self.imports = Counter(
             P + "imports",
             "Asynchronous imports followed to their end, by outcome",
@@ -162,6 +168,7 @@ class SinkMetrics:
         self.delivery_latency = m.delivery_latency.labels(sink)
         self.kafka_connected = m.kafka_connected.labels(sink)
         self.import_status_unsupported = m.import_status_unsupported.labels(sink)
+        self.schema_registry_available = m.schema_registry_available.labels(sink)
         self._counters: dict[tuple[str, str], Counter] = {}
         self._lags: dict[tuple[str, int], Gauge] = {}
         for family, values in (

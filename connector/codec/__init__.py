@@ -1,6 +1,6 @@
 """Bytes → records: one decoder per `format`, and validation against the destination's schema."""
 
-from connector.codec.base import DecodeError, Decoder, make_decoder
+from connector.codec.base import DecodeError, Decoder, SchemaPending, make_decoder
 from connector.codec.mapping import Mapper, MappingError, compile_mapping
 from connector.codec.schema import Validator, compile_validator, load_schema, schema_of, validator_for
 
@@ -9,6 +9,7 @@ __all__ = [
     "Decoder",
     "Mapper",
     "MappingError",
+    "SchemaPending",
     "Validator",
     "compile_mapping",
     "compile_validator",

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 from pathlib import Path
 from typing import Any
 
 import fastavro
 
-from connector.codec.base import DecodeError
-from connector.codec.registry import SchemaRegistry
+from connector.codec.base import DecodeError, SchemaPending
 
 
 class AvroDecoder:
@@ -38,17 +36,55 @@ class AvroDecoder:
 
 
 class ConfluentAvroDecoder:
-    """Confluent wire format (magic 0, 4-byte schema id, Avro body); writer schemas come from the registry."""
+    """Confluent wire format (magic byte 0, 4-byte schema id, Avro body) with writer schemas from a Schema
+    Registry, each resolved against the reader schema (added optional fields, removed fields with defaults,
+    type promotions, aliases), as fastavro does.
 
-    def __init__(self, registry: SchemaRegistry) -> None:
-        self._registry = registry
-        self._decoders: dict[int, AvroDecoder] = {}
+    `decode` never waits for the registry: a record whose schema id it has not learned yet raises
+    SchemaPending, and the sink holds it (and what follows it) until `learn` is called for that id.
+    Consecutive records of one schema id are decoded with one lookup.
+    """
+
+    def __init__(self, reader: dict[str, Any] | None) -> None:
+        self._reader = fastavro.parse_schema(reader) if reader is not None else None
+        self._writers: dict[bytes, Any] = {}  # 4-byte id -> parsed writer schema, or None: unknown id
+        self._last_id = b""
+        self._last_writer: Any = None
+
+    def learn(self, schema_id: int, writer: dict[str, Any] | None, references: list[dict[str, Any]]) -> None:
+        """The registry's answer for `schema_id`: its writer schema (and references), or None if unknown."""
+        parsed = None
+        if writer is not None:
+            named: dict[str, Any] = {}
+            for reference in references:
+                fastavro.parse_schema(reference, named_schemas=named)
+            parsed = fastavro.parse_schema(writer, named_schemas=named)
+        self._writers[schema_id.to_bytes(4, "big")] = parsed
 
     def decode(self, value: bytes) -> dict[str, Any]:
         if len(value) < 5 or value[0] != 0:
-            raise DecodeError("not in Confluent Avro wire format (magic byte 0 and schema id)")
-        (schema_id,) = struct.unpack_from(">I", value, 1)
-        decoder = self._decoders.get(schema_id)
-        if decoder is None:
-            decoder = self._decoders[schema_id] = AvroDecoder(self._registry.schema(schema_id))
-        return decoder.decode(value[5:])
+            raise DecodeError("not in Confluent Avro wire format (magic byte 0 and a 4-byte schema id)")
+        schema_id = value[1:5]
+        if schema_id == self._last_id:
+            writer = self._last_writer
+        else:
+            writer = self._writers.get(schema_id, _PENDING)
+            if writer is _PENDING:
+                raise SchemaPending(int.from_bytes(schema_id, "big"))
+            self._last_id, self._last_writer = schema_id, writer
+        if writer is None:
+            raise DecodeError(f"schema id {int.from_bytes(schema_id, 'big')} is not in the schema registry")
+        buf = io.BytesIO(value)
+        buf.seek(5)
+        try:
+            data = fastavro.schemaless_reader(buf, writer, self._reader)
+        except Exception as exc:  # fastavro raises many types on corrupt input; all mean "does not decode"
+            raise DecodeError(f"invalid Avro: {type(exc).__name__}: {exc}") from None
+        if buf.tell() != len(value):
+            raise DecodeError(f"invalid Avro: {len(value) - buf.tell()} trailing bytes after the record")
+        if not isinstance(data, dict):
+            raise DecodeError("Avro value is not a record")
+        return data
+
+
+_PENDING = object()

@@ -12,13 +12,23 @@ class DecodeError(ConnectorError):
     """A record's bytes could not be decoded; it is dead-lettered with reason `decode_error`."""
 
 
+class SchemaPending(Exception):
+    """The record's writer schema is not known yet: it is being fetched; the record waits for it."""
+
+    def __init__(self, schema_id: int) -> None:
+        super().__init__(f"schema id {schema_id} is being fetched")
+        self.schema_id = schema_id
+
+
 class Decoder(Protocol):
     def decode(self, value: bytes) -> dict[str, Any]:
         """The record's fields, or DecodeError."""
         ...
 
 
-def make_decoder(fmt: str, schema: Path | None, registry_url: str | None = None) -> Decoder:
+def make_decoder(fmt: str, schema: Path | None, reader: dict[str, Any] | None = None) -> Decoder:
+    """The decoder of a sink's `format`. For avro-confluent, `reader` is the schema records are resolved
+    to (the sink's `schema:` if given, else its destination's)."""
     if fmt == "json":
         from connector.codec.json import JsonDecoder
 
@@ -29,9 +39,9 @@ def make_decoder(fmt: str, schema: Path | None, registry_url: str | None = None)
         assert schema is not None
         return AvroDecoder.from_file(schema)
     if fmt == "avro-confluent":
-        from connector.codec.avro import ConfluentAvroDecoder
-        from connector.codec.registry import SchemaRegistry
+        import json
 
-        assert registry_url is not None
-        return ConfluentAvroDecoder(SchemaRegistry(registry_url))
+        from connector.codec.avro import ConfluentAvroDecoder
+
+        return ConfluentAvroDecoder(json.loads(schema.read_text()) if schema is not None else reader)
     raise ValueError(f"unknown format {fmt!r}")

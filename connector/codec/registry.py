@@ -1,41 +1,110 @@
-"""A Confluent-compatible Schema Registry client: schema by id, cached for the process's life."""
+"""A Confluent-compatible Schema Registry client: writer schemas by id, fetched without blocking the
+event loop, each once (ids are immutable), with schema references resolved.
+
+`schema_registry:` takes the Confluent client's property names: `url`, `basic.auth.user.info`
+(USER:PASSWORD), `bearer.auth.token`, `ssl.ca.location`, `ssl.certificate.location`, `ssl.key.location`.
+Errors: SchemaNotFound (the id is not in the registry: the record is a decode_error), RegistryError (no
+answer, 5xx: the records wait, nothing is dead-lettered), RegistryAuthError (401/403: fatal).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
 import orjson
 
-from connector.codec.base import DecodeError
-from connector.errors import RegistryError
+from connector.errors import FatalError, RegistryError
+
+MAX_REFERENCES = 64  # schemas one writer schema may pull in through references, at most
+
+
+class SchemaNotFound(LookupError):
+    """The registry does not know this schema id."""
+
+
+class RegistryAuthError(FatalError):
+    """The registry refuses our credentials."""
 
 
 class SchemaRegistry:
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
-        self._client = httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
-        self._cache: dict[int, dict[str, Any]] = {}
+    def __init__(self, properties: Mapping[str, str], timeout: float = 10.0) -> None:
+        self.url = properties["url"].rstrip("/")
+        headers = {"Accept": "application/vnd.schemaregistry.v1+json, application/json"}
+        auth: httpx.BasicAuth | None = None
+        self.secrets: list[str] = []
+        user_info = properties.get("basic.auth.user.info")
+        if user_info:
+            user, _, password = user_info.partition(":")
+            auth = httpx.BasicAuth(user, password)
+            self.secrets += [user_info, password]
+        token = properties.get("bearer.auth.token")
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+            self.secrets.append(token)
+        cert = properties.get("ssl.certificate.location")
+        key = properties.get("ssl.key.location")
+        self._client = httpx.AsyncClient(
+            base_url=self.url,
+            headers=headers,
+            auth=auth,
+            timeout=timeout,
+            verify=properties.get("ssl.ca.location", True),
+            cert=(cert, key) if cert and key else None,
+        )
 
-    def schema(self, schema_id: int) -> dict[str, Any]:
-        cached = self._cache.get(schema_id)
-        if cached is not None:
-            return cached
+    async def schema(self, schema_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The writer schema of `schema_id`, and the schemas it references (dependencies first)."""
+        answer = await self._get(f"/schemas/ids/{schema_id}", f"schema id {schema_id}")
+        references: list[dict[str, Any]] = []
+        await self._references(answer.get("references") or [], references, set())
+        return _parsed(answer), references
+
+    async def _references(
+        self, refs: list[dict[str, Any]], out: list[dict[str, Any]], seen: set[tuple[str, int]]
+    ) -> None:
+        for ref in refs:
+            key = (str(ref["subject"]), int(ref["version"]))
+            if key in seen:
+                continue
+            seen.add(key)
+            if len(seen) > MAX_REFERENCES:
+                raise RegistryError(f"more than {MAX_REFERENCES} schema references")
+            answer = await self._get(f"/subjects/{key[0]}/versions/{key[1]}", f"reference {ref.get('name')}")
+            await self._references(answer.get("references") or [], out, seen)  # dependencies first
+            out.append(_parsed(answer))
+
+    async def _get(self, path: str, what: str) -> dict[str, Any]:
         try:
-            response = self._client.get(f"/schemas/ids/{schema_id}")
+            response = await self._client.get(path)
         except httpx.HTTPError as exc:
-            # Not a decode error of the record: the registry is unreachable, so stop rather than dead-letter.
             raise RegistryError(f"schema registry unreachable: {type(exc).__name__}") from None
         if response.status_code == 404:
-            raise DecodeError(f"schema id {schema_id} is not in the registry")
-        if response.status_code != 200:
-            raise RegistryError(
-                f"schema registry answered HTTP {response.status_code} for schema id {schema_id}"
+            raise SchemaNotFound(f"{what} is not in the registry")
+        if response.status_code in (401, 403):
+            raise RegistryAuthError(
+                f"the schema registry refused our credentials (HTTP {response.status_code})"
             )
+        if response.status_code != 200:
+            raise RegistryError(f"schema registry answered HTTP {response.status_code} for {what}")
         try:
-            schema: dict[str, Any] = orjson.loads(orjson.loads(response.content)["schema"])
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-            raise RegistryError(
-                f"schema registry answered an unreadable schema ({type(exc).__name__})"
-            ) from None
-        self._cache[schema_id] = schema
-        return schema
+            answer: dict[str, Any] = orjson.loads(response.content)
+            answer["schema"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise RegistryError(f"schema registry answered unreadably for {what}") from None
+        return answer
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _parsed(answer: Mapping[str, Any]) -> dict[str, Any]:
+    kind = answer.get("schemaType", "AVRO")
+    if kind != "AVRO":
+        raise SchemaNotFound(f"schema type {kind} is not Avro")
+    try:
+        schema: dict[str, Any] = orjson.loads(answer["schema"])
+    except (orjson.JSONDecodeError, TypeError):
+        raise RegistryError("schema registry answered a schema that is not JSON") from None
+    return schema

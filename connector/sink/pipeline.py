@@ -13,7 +13,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer
 
-from connector.codec import make_decoder, validator_for
+from connector.codec import make_decoder, schema_of, validator_for
+from connector.codec.registry import SchemaRegistry
 from connector.config import SinkSettings
 from connector.deadletter import DeadLetterWriter
 from connector.delivery.auth import credentials
@@ -59,9 +60,12 @@ def build_sink(
     )
     b = settings.batch
     lanes = settings.delivery.concurrency
+    registry = SchemaRegistry(settings.schema_registry) if settings.schema_registry is not None else None
+    if registry is not None:
+        register(registry.secrets)
     task = SinkTask(
         settings.name,
-        make_decoder(settings.format, settings.schema, settings.schema_registry_url),
+        make_decoder(settings.format, settings.schema, schema_of(destination.schema_file)),
         validator_for(destination.schema_file),
         destination,
         service,
@@ -72,6 +76,7 @@ def build_sink(
         max_bytes=b.max_bytes,
         max_wait=b.max_wait,
         mapper=mapper,
+        registry=registry,
     )
     worker: SinkWorker
     config = consumer_config(kafka, settings.group_id, settings.consumer)
@@ -100,6 +105,8 @@ def build_sink(
         producer.purge()
         producer.close()
         await client.aclose()
+        if registry is not None:
+            await registry.aclose()
         if creds.auth is not None:
             await creds.auth.aclose()
 

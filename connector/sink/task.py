@@ -23,11 +23,13 @@ from typing import Any, Protocol
 
 from confluent_kafka import Message
 
-from connector.codec import DecodeError, Decoder, Mapper, MappingError, Validator
+from connector.codec import DecodeError, Decoder, Mapper, MappingError, SchemaPending, Validator
+from connector.codec.avro import ConfluentAvroDecoder
+from connector.codec.registry import SchemaNotFound, SchemaRegistry
 from connector.delivery.imports import ImportFollower
 from connector.delivery.service import BatchResult, DeliveryService, Failure, Tracked
 from connector.destinations.base import Destination, Done
-from connector.errors import ConnectorError, DeadLetterError, FatalError
+from connector.errors import ConnectorError, DeadLetterError, FatalError, RegistryError
 from connector.metrics import SinkMetrics
 from connector.records import Record
 from connector.sink.batcher import Batch, Batcher
@@ -36,6 +38,7 @@ from connector.sink.offsets import OffsetTracker, TopicPartition
 log = logging.getLogger(__name__)
 
 STOP_GRACE = 5.0  # seconds cancelled tasks get to end at shutdown
+REGISTRY_MAX_BACKOFF = 30.0  # seconds between tries to fetch a schema while the registry cannot answer
 
 
 def _size(record: Record) -> int:
@@ -97,6 +100,7 @@ class SinkTask:
         max_bytes: int,
         max_wait: float,
         mapper: Mapper | None = None,
+        registry: SchemaRegistry | None = None,
     ) -> None:
         self.name = name
         self.decoder = decoder
@@ -107,6 +111,11 @@ class SinkTask:
         self.m = metrics
         self.max_bytes = max_bytes
         self.mapper = mapper
+        # avro-confluent: writer schemas come from the registry, fetched in the background.
+        self.registry = registry
+        self._held: list[Message] = []  # consumed, waiting (in order) for a writer schema to arrive
+        self._fetching: set[int] = set()
+        self._registry_up = True
         self.lanes = [Lane(Batcher(max_records, max_bytes, max_wait)) for _ in range(lanes)]
         self.imports = ImportFollower(service, self._import_done, self._imports_unfollowed)
         self.dead_letters: DeadLetters | None = None
@@ -122,14 +131,19 @@ class SinkTask:
 
     def put(self, messages: list[Message], now: float) -> list[Message]:
         """Track, decode, validate and batch consumed messages; failures go to the dead-letter topic.
-        Returns the messages that carry a consumer error instead of a record, for the worker."""
+        Returns the messages that carry a consumer error instead of a record, for the worker.
+
+        A record whose writer schema is still being fetched waits, with every message after it (order is
+        kept): they are tried again on the next call, whose `messages` may be empty."""
+        if self._held:
+            messages, self._held = [*self._held, *messages], []
         state_of, lanes, nlanes = self.offsets.state, self.lanes, len(self.lanes)
         decode, validate, check = self.decoder.decode, self.validate, self.destination.check
         from_api_names, mapper = self.destination.from_api_names, self.mapper
         max_bytes = self.max_bytes
         consumed: dict[str, int] = {}
         errors: list[Message] = []
-        for message in messages:
+        for index, message in enumerate(messages):
             if message.error() is not None:
                 errors.append(message)
                 continue
@@ -158,6 +172,12 @@ class SinkTask:
             except DecodeError as exc:
                 self.dead_letter(record, Failure("decode_error", str(exc)))
                 continue
+            except SchemaPending as pending:
+                state.pending.pop()  # not consumed yet after all: tracked again when it is
+                consumed[topic] -= 1
+                self._held = messages[index:]
+                self._fetch(pending.schema_id)
+                break
             if mapper is not None:
                 try:
                     payload = mapper(payload)
@@ -178,6 +198,49 @@ class SinkTask:
         for topic, n in consumed.items():
             self.m.consumed(topic, n)
         return errors
+
+    # --- writer schemas (avro-confluent) --------------------------------------------------------------------
+
+    def input_held(self) -> bool:
+        """Consumed records wait for a writer schema: the worker pauses intake meanwhile."""
+        return bool(self._held)
+
+    def _fetch(self, schema_id: int) -> None:
+        if schema_id not in self._fetching and self.registry is not None:
+            self._fetching.add(schema_id)
+            self._spawn(self._fetch_schema(schema_id))
+
+    async def _fetch_schema(self, schema_id: int) -> None:
+        """Fetch a writer schema until the registry answers; while it cannot, the records wait."""
+        assert self.registry is not None and isinstance(self.decoder, ConfluentAvroDecoder)
+        delay = 1.0
+        try:
+            while True:
+                try:
+                    writer, references = await self.registry.schema(schema_id)
+                except SchemaNotFound as exc:
+                    log.warning("%s: %s; its records are dead-lettered (decode_error)", self.name, exc)
+                    self.decoder.learn(schema_id, None, [])
+                    break
+                except RegistryError as exc:
+                    if self._registry_up:
+                        self._registry_up = False
+                        self.m.schema_registry_available.set(0)
+                        log.warning("%s: %s; records wait for it (nothing is dead-lettered)", self.name, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, REGISTRY_MAX_BACKOFF)
+                    continue
+                self.decoder.learn(schema_id, writer, references)
+                break
+            if not self._registry_up:
+                self._registry_up = True
+                self.m.schema_registry_available.set(1)
+                log.info("%s: the schema registry answers again", self.name)
+        except FatalError as exc:
+            log.error("%s: %s", self.name, exc)
+            self.fatal = exc
+        finally:
+            self._fetching.discard(schema_id)
 
     # --- batches out ---------------------------------------------------------------------------------------
 
@@ -309,6 +372,10 @@ class SinkTask:
             dead_records, dead_bytes = self.dead_letters.held()
             records += dead_records
             nbytes += dead_bytes
+        for message in self._held:
+            value = message.value()
+            records += 1
+            nbytes += len(value) if value is not None else 0
         return records, nbytes
 
     def close_partitions(self, gone: set[TopicPartition]) -> None:
@@ -317,6 +384,8 @@ class SinkTask:
 
         def keep(r: Record) -> bool:
             return (r.topic, r.partition) not in gone
+
+        self._held = [m for m in self._held if (m.topic(), m.partition()) not in gone]
 
         for lane in self.lanes:
             lane.batcher.retain(keep, _size)

@@ -98,6 +98,7 @@ class SinkWorker:
                 now = self.heartbeat = self._clock()
                 if messages:
                     self._connected(True)
+                if messages or self.task.input_held():
                     for error in self.task.put(messages, now):
                         self._consumer_error(error)
                 self.task.tick(now)
@@ -251,6 +252,8 @@ class SinkWorker:
         bp = self.backpressure
         records, nbytes = self.task.buffered()
         held = self.task.service.rate_limiter.held()
+        if self.task.input_held():
+            nbytes = max(nbytes, bp.max_bytes)  # records wait for a writer schema: read no further
         change = bp.update(records, nbytes, held)
         if change is True:
             log.info("%s: pausing partitions (%d bytes buffered, held back: %s)", self.name, nbytes, held)

@@ -460,7 +460,7 @@ def test_registry_and_token_endpoint_errors_are_in_the_error_tree() -> None:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]  # nothing listens there
     with pytest.raises(RegistryError, match="unreachable") as caught:
-        SchemaRegistry(f"http://127.0.0.1:{port}", timeout=2).schema(1)
+        asyncio.run(SchemaRegistry({"url": f"http://127.0.0.1:{port}"}, timeout=2).schema(1))
     assert isinstance(caught.value, ConnectorError)
     assert issubclass(TokenEndpointError, ConnectorError) and issubclass(
         TokenEndpointError, httpx.TransportError
