@@ -8,6 +8,7 @@ import pytest
 
 from connector.sandbox.control import SandboxClient
 from connector.sandbox.kafka_broker import broker_from_env
+from connector.sandbox.schema_registry import SchemaRegistry
 from connector.sandbox.server import SandboxProcess
 
 
@@ -19,6 +20,13 @@ def kafka_bootstrap() -> Iterator[str]:
     finally:
         if broker is not None:
             broker.stop()
+
+
+@pytest.fixture(scope="session")
+def schema_registry() -> Iterator[SchemaRegistry]:
+    """A real Schema Registry (Apicurio, its Confluent-compatible API), for the whole run."""
+    with SchemaRegistry() as registry:
+        yield registry
 
 
 @pytest.fixture(scope="session")

@@ -53,13 +53,18 @@ class ConfluentAvroDecoder:
 
     def learn(self, schema_id: int, writer: dict[str, Any] | None, references: list[dict[str, Any]]) -> None:
         """The registry's answer for `schema_id`: its writer schema (and references), or None if unknown."""
-        parsed = None
+        entry = None
         if writer is not None:
             named: dict[str, Any] = {}
             for reference in references:
                 fastavro.parse_schema(reference, named_schemas=named)
             parsed = fastavro.parse_schema(writer, named_schemas=named)
-        self._writers[schema_id.to_bytes(4, "big")] = parsed
+            # fastavro checks lengths as it reads, but not as it skips a field the reader does not have:
+            # a record cut inside such a field would decode. Writers that differ read through a buffer
+            # that refuses short reads; the others keep the plain (faster) one.
+            same = self._reader is not None and _canonical(parsed) == _canonical(self._reader)
+            entry = (parsed, io.BytesIO if same or self._reader is None else _StrictBytesIO)
+        self._writers[schema_id.to_bytes(4, "big")] = entry
 
     def decode(self, value: bytes) -> dict[str, Any]:
         if len(value) < 5 or value[0] != 0:
@@ -74,10 +79,11 @@ class ConfluentAvroDecoder:
             self._last_id, self._last_writer = schema_id, writer
         if writer is None:
             raise DecodeError(f"schema id {int.from_bytes(schema_id, 'big')} is not in the schema registry")
-        buf = io.BytesIO(value)
+        parsed, buffer = writer
+        buf = buffer(value)
         buf.seek(5)
         try:
-            data = fastavro.schemaless_reader(buf, writer, self._reader)
+            data = fastavro.schemaless_reader(buf, parsed, self._reader)
         except Exception as exc:  # fastavro raises many types on corrupt input; all mean "does not decode"
             raise DecodeError(f"invalid Avro: {type(exc).__name__}: {exc}") from None
         if buf.tell() != len(value):
@@ -88,3 +94,17 @@ class ConfluentAvroDecoder:
 
 
 _PENDING = object()
+
+
+class _StrictBytesIO(io.BytesIO):
+    """A buffer whose reads of n bytes give n bytes or raise: a record cut short is never decoded."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        if size is not None and size >= 0 and len(data) != size:
+            raise EOFError(f"the record ends {size - len(data)} bytes early")
+        return data
+
+
+def _canonical(schema: Any) -> str:
+    return json.dumps(schema, sort_keys=True)

@@ -120,12 +120,15 @@ class SchemaRegistry:
         self.stop()
         raise BrokerError(f"the Schema Registry did not answer within {timeout:.0f}s:\n{self._log_tail()}")
 
-    def kill(self) -> None:
-        """Stop it at once, keeping its port (fault injection); `start()` brings it back, empty."""
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+    def pause(self) -> None:
+        """Freeze it (SIGSTOP): requests hang until their timeout, as against a registry that is down."""
+        if self._process is not None:
+            os.killpg(self._process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let it go on (SIGCONT), with every schema it had."""
+        if self._process is not None:
+            os.killpg(self._process.pid, signal.SIGCONT)
 
     def stop(self) -> None:
         process, self._process = self._process, None
