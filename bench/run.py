@@ -2,7 +2,8 @@
 
 (a) ceiling: consume + decode only, in one process, of the same topic;
 (b) end to end: the connector consuming, decoding, validating, batching, sending to the sandbox (a separate
-    process) and settling, for JSON and for Avro;
+    process) and settling, for JSON, for Avro, and for Avro through a Schema Registry (Apicurio; writer
+    schemas fetched by id as the connector does, Confluent framing);
 and the rate-limit efficiency: the share of a fixed-window budget (X-RateLimit-* headers) used over 60 s,
 and the share of requests answered 429.
 Prints each figure and writes them to bench/results/.
@@ -15,18 +16,23 @@ import os
 import platform
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka.schema_registry import Schema as RegistrySchema
+from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from connector.codec import make_decoder
+from connector.codec.avro import ConfluentAvroDecoder
 from connector.config import parse_settings
 from connector.sandbox.control import SandboxClient
-from connector.sandbox.events import avro_events, json_events, produce, uxr_activity
+from connector.sandbox.events import Event, avro_events, json_events, produce, uxr_activity
 from connector.sandbox.harness import ConnectorThread
 from connector.sandbox.kafka_broker import broker_from_env, create_topic
 from connector.sandbox.scenarios import rate_limit_efficiency
+from connector.sandbox.schema_registry import SchemaRegistry
 from connector.sandbox.server import SandboxProcess
 
 RECORDS = int(os.environ.get("BENCH_RECORDS", "200000"))
@@ -35,14 +41,33 @@ PARTITIONS = 4
 SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "rally_uxr_activity.avsc"
 
 
-def ceiling(bootstrap: str, topic: str, fmt: str, n: int) -> float:
+def confluent_events(registry_url: str, topic: str) -> Callable[[Iterable[dict[str, Any]]], Iterator[Event]]:
+    """Confluent-framed Avro, as a user's AvroSerializer writes it: the schema registered once, then each
+    record as magic byte 0, the 4-byte schema id and the Avro body."""
+    client = SchemaRegistryClient({"url": registry_url, "timeout": 10})
+    schema_id = client.register_schema(f"{topic}-value", RegistrySchema(SCHEMA.read_text(), "AVRO"))
+    prefix = b"\0" + schema_id.to_bytes(4, "big")
+
+    def events(activities: Iterable[dict[str, Any]]) -> Iterator[Event]:
+        for e in avro_events(activities):
+            yield Event(e.key, prefix + e.value)
+
+    return events
+
+
+def ceiling(bootstrap: str, topic: str, fmt: str, n: int, registry_url: str = "") -> float:
     """Records/s of consume(500) + decode alone, from the first record to the last, as the end-to-end run.
 
     consume() does not wait (as in the connector): one that waits 100 ms for 500 messages let librdkafka's
     prefetch get ahead before the clock started, and such a run measured decoding from memory at up to 4x
     the others. Partitions are assigned directly: no group join to wait out.
     """
-    decoder = make_decoder(fmt, SCHEMA if fmt == "avro" else None)
+    decoder = make_decoder(fmt, SCHEMA if fmt == "avro" else None, json.loads(SCHEMA.read_text()))
+    if isinstance(decoder, ConfluentAvroDecoder):  # the writer schema, as the connector learns it once
+        client = SchemaRegistryClient({"url": registry_url, "timeout": 10})
+        registered = client.get_latest_version(f"{topic}-value")
+        assert registered.schema_id is not None and registered.schema.schema_str is not None
+        decoder.learn(registered.schema_id, json.loads(registered.schema.schema_str), [])
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -71,7 +96,9 @@ def ceiling(bootstrap: str, topic: str, fmt: str, n: int) -> float:
     return n / elapsed
 
 
-def end_to_end(bootstrap: str, sandbox_url: str, topic: str, fmt: str, n: int) -> dict[str, Any]:
+def end_to_end(
+    bootstrap: str, sandbox_url: str, topic: str, fmt: str, n: int, registry_url: str = ""
+) -> dict[str, Any]:
     sink: dict[str, Any] = {
         "name": f"bench-{fmt}",
         "topics": [topic],
@@ -88,6 +115,8 @@ def end_to_end(bootstrap: str, sandbox_url: str, topic: str, fmt: str, n: int) -
     }
     if fmt == "avro":
         sink["schema"] = str(SCHEMA)
+    if fmt == "avro-confluent":
+        sink["schema_registry"] = {"url": registry_url}
     settings = parse_settings(
         {"kafka": {"bootstrap.servers": bootstrap}, "metrics": {"listen": "127.0.0.1:0"}, "sinks": [sink]},
         env={},
@@ -121,6 +150,7 @@ def main() -> None:
     sandbox = SandboxProcess()
     sandbox.start()
     control = SandboxClient(sandbox.url)
+    registry = SchemaRegistry().start()
     results: dict[str, Any] = {
         "records": RECORDS,
         "partitions": PARTITIONS,
@@ -129,19 +159,22 @@ def main() -> None:
     }
     try:
         run = uuid.uuid4().hex[:6]
-        for fmt, events in (("json", json_events), ("avro", avro_events)):
+        for fmt in ("json", "avro", "avro-confluent"):
             topic = f"bench.{run}.{fmt}"
             create_topic(bootstrap, topic, PARTITIONS)
+            events = {"json": json_events, "avro": avro_events}.get(fmt) or confluent_events(
+                registry.url, topic
+            )
             print(f"[{fmt}] producing {RECORDS} records to {topic} ...", flush=True)
             produce(bootstrap, topic, events(uxr_activity(i) for i in range(RECORDS)))
             # Best of several runs: a shared 2-core machine makes single runs swing widely.
-            ceilings = [ceiling(bootstrap, topic, fmt, RECORDS) for _ in range(RUNS)]
+            ceilings = [ceiling(bootstrap, topic, fmt, RECORDS, registry.url) for _ in range(RUNS)]
             a = max(ceilings)
             print(f"[{fmt}] (a) ceiling, consume + decode:   {a:>10,.0f} records/s  (runs: {_fmt(ceilings)})")
             runs = []
             for _ in range(RUNS):
                 control.reset()
-                runs.append(end_to_end(bootstrap, sandbox.url, topic, fmt, RECORDS))
+                runs.append(end_to_end(bootstrap, sandbox.url, topic, fmt, RECORDS, registry.url))
                 accepted = control.stats("rally_uxr.activities")["accepted"]
                 if accepted != RECORDS:
                     raise AssertionError(f"the sandbox accepted {accepted} of {RECORDS}")
@@ -176,6 +209,7 @@ def main() -> None:
         )
         results["rate_limit"] = pacing
     finally:
+        registry.stop()
         sandbox.stop()
         if broker is not None:
             broker.stop()
