@@ -354,15 +354,19 @@ def _sink(section: _Section, index: int, base_dir: Path) -> SinkSettings:
     if fmt == "avro-confluent":
         registry = section.section("schema_registry")
         registry_props = {"url": registry.string("url")}
-        for name in REGISTRY_KEYS:
-            if registry.has(name):
-                registry_props[name] = registry.string(name)
+        for key in REGISTRY_KEYS:
+            if registry.has(key):
+                registry_props[key] = registry.string(key)
         user_info = registry_props.get("basic.auth.user.info")
         if user_info is not None and ":" not in user_info:
             raise ConfigError(registry.path("basic.auth.user.info"), "must be USER:PASSWORD")
-        for name in ("ssl.ca.location", "ssl.certificate.location", "ssl.key.location"):
-            if name in registry_props and not Path(registry_props[name]).is_file():
-                raise ConfigError(registry.path(name), f"file not found: {registry_props[name]}")
+        for key in ("ssl.ca.location", "ssl.certificate.location", "ssl.key.location"):
+            if key in registry_props:
+                location = Path(registry_props[key])
+                location = location if location.is_absolute() else base_dir / location
+                if not location.is_file():
+                    raise ConfigError(registry.path(key), f"file not found: {location}")
+                registry_props[key] = str(location)
         if ("ssl.certificate.location" in registry_props) != ("ssl.key.location" in registry_props):
             raise ConfigError(
                 registry.path("ssl.key.location"), "give both ssl.certificate.location and ssl.key.location"

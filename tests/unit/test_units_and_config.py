@@ -91,3 +91,13 @@ def test_unknown_top_level_key() -> None:
     with pytest.raises(ConfigError) as info:
         parse_settings(doc, env={"TOKEN": "t"})
     assert info.value.key == "sinkz"
+
+
+def test_a_schema_registry_section_leaves_the_sinks_name_and_defaults_alone() -> None:
+    """A loop over the registry's keys reused `name`: every avro-confluent sink became `ssl.key.location`,
+    with the default group id and dead-letter topic of that name, shared by every such deployment."""
+    doc = _minimal()
+    doc["sinks"][0] |= {"format": "avro-confluent", "schema_registry": {"url": "http://registry:8081"}}
+    sink = parse_settings(doc, env={"TOKEN": "t"}).sinks[0]
+    assert sink.name == "uxr"
+    assert sink.group_id == "activity-connector.uxr" and sink.dead_letter_topic == "uxr.dlq"
