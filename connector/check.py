@@ -15,8 +15,10 @@ import httpx
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from connector.config import effective, load_settings
+from connector.codec import make_decoder, schema_of
+from connector.config import effective, load_settings, masked_url
 from connector.destinations import for_sink, mapper_for
+from connector.errors import ConfigError
 from connector.kafka import admin_config, validate_clients
 from connector.redact import redact
 
@@ -26,6 +28,10 @@ def check(path: Path, connect: bool) -> int:
     for i, sink in enumerate(settings.sinks):
         destination, _ = for_sink(sink, i)
         mapper_for(sink, destination, i)
+        try:  # the decoder the run would build (a reader schema fastavro refuses, ...)
+            make_decoder(sink.format, sink.schema, schema_of(destination.schema_file))
+        except Exception as exc:
+            raise ConfigError(f"sinks[{i}].schema", f"{type(exc).__name__}: {exc}") from None
     validate_clients(settings)
     # Masked by where secrets stand, then wherever a secret's value appears (in a URL, an option...).
     print(redact(json.dumps(effective(settings), indent=2), (s.reveal() for s in settings.secret_values)))
@@ -38,14 +44,14 @@ def check(path: Path, connect: bool) -> int:
     except KafkaException as exc:
         print(f"kafka: NOT reachable: {exc.args[0].str() if exc.args else exc}", file=sys.stderr)
         failures += 1
+    secrets = [s.reveal() for s in settings.secret_values]
     for sink in settings.sinks:
+        shown = masked_url(sink.destination.url)
         try:
             answer = httpx.get(sink.destination.url, timeout=10)
-            print(f"{sink.name}: {sink.destination.url} answered HTTP {answer.status_code}")
+            print(f"{sink.name}: {shown} answered HTTP {answer.status_code}")
         except httpx.HTTPError as exc:
-            print(
-                f"{sink.name}: {sink.destination.url} NOT reachable ({type(exc).__name__}: {exc})",
-                file=sys.stderr,
-            )
+            problem = redact(f"{type(exc).__name__}: {exc}", secrets)
+            print(f"{sink.name}: {shown} NOT reachable ({problem})", file=sys.stderr)
             failures += 1
     return 1 if failures else 0

@@ -557,12 +557,12 @@ def effective(settings: Settings) -> dict[str, Any]:
             out["schema"] = str(s.schema)
         if s.schema_registry is not None:
             registry = {k: "***" if _SECRET_KEYS.search(k) else v for k, v in s.schema_registry.items()}
-            out["schema_registry"] = {**registry, "url": _masked_url(s.schema_registry["url"])}
+            out["schema_registry"] = {**registry, "url": masked_url(s.schema_registry["url"])}
         d = s.destination
         options = dict(d.options)
         if isinstance(options.get("headers"), dict):
             options["headers"] = dict.fromkeys(options["headers"], "***")
-        out["destination"] = {"type": d.type, "url": _masked_url(d.url), "auth": auth(d.auth), **options}
+        out["destination"] = {"type": d.type, "url": masked_url(d.url), "auth": auth(d.auth), **options}
         b, r = s.batch, s.delivery.retry
         batch: dict[str, Any] = {"max_bytes": b.max_bytes, "max_wait": b.max_wait}
         if b.max_records is not None:
@@ -618,6 +618,6 @@ _URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 _URL_QUERY_VALUES = re.compile(r"(?<=[?&])([^=&#\s]+)=[^&#\s]*")
 
 
-def _masked_url(url: str) -> str:
+def masked_url(url: str) -> str:
     """A URL without the credentials or query values it may carry."""
     return _URL_QUERY_VALUES.sub(r"\1=***", _URL_CREDENTIALS.sub("***@", url))

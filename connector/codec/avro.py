@@ -64,7 +64,11 @@ class ConfluentAvroDecoder:
             # that refuses short reads; the others keep the plain (faster) one.
             same = self._reader is not None and _canonical(parsed) == _canonical(self._reader)
             entry = (parsed, io.BytesIO if same or self._reader is None else _StrictBytesIO)
+        if entry is None and len(self._writers) >= MAX_SCHEMAS:
+            # Records framed with random ids must not grow the cache without bound: forget unknown ids.
+            self._writers = {k: v for k, v in self._writers.items() if v is not None}
         self._writers[schema_id.to_bytes(4, "big")] = entry
+        self._last_id = b""
 
     def decode(self, value: bytes) -> dict[str, Any]:
         if len(value) < 5 or value[0] != 0:
@@ -94,6 +98,7 @@ class ConfluentAvroDecoder:
 
 
 _PENDING = object()
+MAX_SCHEMAS = 10_000  # writer schemas (and unknown ids) remembered per sink
 
 
 class _StrictBytesIO(io.BytesIO):

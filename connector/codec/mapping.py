@@ -18,6 +18,7 @@ when one is given, is left out when the schema's field is optional, and is other
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -47,7 +48,9 @@ def _getter(source: str) -> Callable[[Any], Any]:
         for part in parts:
             if isinstance(document, dict):
                 document = document.get(part, _MISSING)
-            elif isinstance(document, list) and part.isdigit() and int(part) < len(document):
+            elif (
+                isinstance(document, list) and part.isascii() and part.isdigit() and int(part) < len(document)
+            ):
                 document = document[int(part)]
             else:
                 return _MISSING
@@ -71,25 +74,53 @@ def _epoch(value: Any) -> float:
     return parsed.timestamp()
 
 
+INT64 = (-(2**63), 2**63 - 1)  # what a JSON body (orjson) can carry as an integer
+
+
 def _number(value: Any) -> float | int:
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a number")
-    if isinstance(value, int | float):
-        return value
-    text = str(value).strip()
-    return int(text) if text.lstrip("-").isdigit() else float(text)
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"{_short(value)} is not a number")
+    if isinstance(value, str):
+        text = value.strip()
+        digits = text.lstrip("-")
+        number: float | int = int(text) if digits.isascii() and digits.isdigit() else float(text)
+        value = number
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{_short(value)} is not a finite number")
+    if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+        raise ValueError(f"{_short(value)} is outside the 64-bit integer range")
+    result: float | int = value
+    return result
+
+
+def _short(value: Any) -> str:
+    """A value for a message: its repr, at most 60 characters (never a deep walk of a huge value)."""
+    if isinstance(value, dict | list):
+        return f"a JSON {'object' if isinstance(value, dict) else 'array'}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _int(value: Any) -> int:
     number = _number(value)
     if isinstance(number, float) and not number.is_integer():
-        raise ValueError(f"{value!r} is not a whole number")
-    return int(number)
+        raise ValueError(f"{_short(value)} is not a whole number")
+    return int(_number(int(number)))  # in the 64-bit range too
+
+
+def _to_string(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return str(value)
+    raise ValueError(f"{_short(value)} cannot be made a string")
 
 
 def _epoch_number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{value!r} is not an epoch number")
+        raise ValueError(f"{_short(value)} is not an epoch number")
     return float(value)
 
 
@@ -98,7 +129,7 @@ CONVERSIONS: dict[str, Callable[[Any], Any]] = {
     "epoch_s_to_rfc3339": lambda v: _rfc3339(_epoch_number(v)),
     "rfc3339_to_epoch_ms": lambda v: round(_epoch(v) * 1000),
     "rfc3339_to_epoch_s": lambda v: int(_epoch(v)),
-    "to_string": lambda v: v if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v),
+    "to_string": lambda v: _to_string(v),
     "to_number": _number,
     "to_int": _int,
 }
@@ -142,12 +173,20 @@ def _field(target: str, spec: Any, optional: bool, key: str) -> Callable[[dict[s
     if values is not None:
         if not isinstance(values, dict) or not values:
             raise ConfigError(f"{key}.map", "must be a mapping of source values to target values")
+        odd = [k for k in values if isinstance(k, bool) or not isinstance(k, str | int)]
+        if odd:
+            raise ConfigError(
+                f"{key}.map",
+                f"{odd[0]!r} is not a string: quote keys such as yes, no, on, true, null in YAML",
+            )
         table = {str(k): v for k, v in values.items()}
 
         def mapped(v: Any) -> Any:
-            found = table.get(str(v), _MISSING)
+            found = table.get(v, _MISSING) if isinstance(v, str) else _MISSING
+            if found is _MISSING and isinstance(v, int) and not isinstance(v, bool):
+                found = table.get(str(v), _MISSING)
             if found is _MISSING:
-                raise ValueError(f"{v!r} is not in its value map")
+                raise ValueError(f"{_short(v)} is not in its value map")
             return found
 
         steps.append(mapped)
@@ -160,17 +199,19 @@ def _field(target: str, spec: Any, optional: bool, key: str) -> Callable[[dict[s
         steps.append(CONVERSIONS[convert])
 
     def value(event: dict[str, Any]) -> Any:
-        v = get(event)
-        if v is _MISSING or v is None:
-            if has_default:
-                return default
-            if optional:
-                return _MISSING
-            raise MappingError(f"{target}: its source {source} is missing")
         try:
+            v = get(event)
+            if v is _MISSING or v is None:
+                if has_default:
+                    return default
+                if optional:
+                    return _MISSING
+                raise MappingError(f"{target}: its source {source} is missing")
             for step in steps:
                 v = step(v)
-        except (ValueError, TypeError, OverflowError, OSError) as exc:
+        except MappingError:
+            raise
+        except Exception as exc:  # any event it cannot map is the event's problem, never the sink's
             raise MappingError(f"{target}: {exc}") from None
         return v
 

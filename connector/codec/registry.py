@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import httpx
 import orjson
@@ -18,6 +19,7 @@ import orjson
 from connector.errors import FatalError, RegistryError
 
 MAX_REFERENCES = 64  # schemas one writer schema may pull in through references, at most
+NOT_FOUND_CODES = (40401, 40402, 40403)  # subject, version, schema not found (Confluent's error codes)
 
 
 class SchemaNotFound(LookupError):
@@ -39,10 +41,14 @@ class SchemaRegistry:
             user, _, password = user_info.partition(":")
             auth = httpx.BasicAuth(user, password)
             self.secrets += [user_info, password]
+        credentials = urlsplit(self.url)
+        if credentials.password:  # credentials in the URL itself (https://user:password@host)
+            self.secrets += [credentials.password, f"{credentials.username}:{credentials.password}"]
         token = properties.get("bearer.auth.token")
         if token:
             headers["Authorization"] = f"Bearer {token}"
             self.secrets.append(token)
+        self.secrets = [secret for secret in self.secrets if len(secret) >= 4]
         cert = properties.get("ssl.certificate.location")
         key = properties.get("ssl.key.location")
         self._client = httpx.AsyncClient(
@@ -71,7 +77,8 @@ class SchemaRegistry:
             seen.add(key)
             if len(seen) > MAX_REFERENCES:
                 raise RegistryError(f"more than {MAX_REFERENCES} schema references")
-            answer = await self._get(f"/subjects/{key[0]}/versions/{key[1]}", f"reference {ref.get('name')}")
+            path = f"/subjects/{quote(key[0], safe='')}/versions/{key[1]}"
+            answer = await self._get(path, f"reference {ref.get('name')}")
             await self._references(answer.get("references") or [], out, seen)  # dependencies first
             out.append(_parsed(answer))
 
@@ -81,7 +88,15 @@ class SchemaRegistry:
         except httpx.HTTPError as exc:
             raise RegistryError(f"schema registry unreachable: {type(exc).__name__}") from None
         if response.status_code == 404:
-            raise SchemaNotFound(f"{what} is not in the registry")
+            # Only the registry's own codes say the schema is not there; any other 404 (a wrong path, an
+            # ingress between deployments) is the registry not answering: the records wait.
+            try:
+                code = orjson.loads(response.content).get("error_code")
+            except (orjson.JSONDecodeError, AttributeError):
+                code = None
+            if code in NOT_FOUND_CODES:
+                raise SchemaNotFound(f"{what} is not in the registry")
+            raise RegistryError(f"schema registry answered 404 without a registry error code for {what}")
         if response.status_code in (401, 403):
             raise RegistryAuthError(
                 f"the schema registry refused our credentials (HTTP {response.status_code})"

@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 MAX_BODY = 1024  # bytes of an answer kept in a dead letter
 PROBE_INTERVAL = 1.0  # seconds between the prober's retries while the API is down
 OUTAGE_AFTER = 3  # failed requests in a row (across all lanes) that mean the API is down
+# What encoding a record into a request body can raise (orjson, and orjson's recursion limit).
+_UNENCODABLE = (TypeError, ValueError, OverflowError, RecursionError)
+
 # Answers that say the service is unavailable; with no answer at all, the signs of an outage.
 UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
 
@@ -199,7 +202,13 @@ class DeliveryService:
                         return []
                     probing = await self._wait(time.monotonic() + self._backoff.delay(attempts), me)
                     continue
-                request = self.destination.build(records)
+                try:
+                    request = self.destination.build(records)
+                except _UNENCODABLE:
+                    # A record the API's body cannot carry (an integer past 64 bits, bytes, nesting past
+                    # orjson's limit): found alone, dead-lettered as invalid; the others go on.
+                    records = self._unencodable(records, result)
+                    continue
                 answer = await self._send(request, len(records))
                 decision = decide(
                     self.destination, request, records, answer.status, answer.body, answer.headers, answer.why
@@ -258,6 +267,21 @@ class DeliveryService:
         finally:
             if self._prober is me:
                 self._prober = None
+
+    def _unencodable(self, records: list[Record], result: BatchResult) -> list[Record]:
+        """The records that can be encoded; the others are failed as invalid_record."""
+        good = []
+        for record in records:
+            try:
+                self.destination.build([record])
+            except _UNENCODABLE as exc:
+                message = f"cannot be encoded for {self.destination.type}: {type(exc).__name__}: {exc}"
+                result.failed.append(
+                    (record, Failure("invalid_record", redact(message, self._secrets)[:500]))
+                )
+            else:
+                good.append(record)
+        return good
 
     def _api_answered(self) -> None:
         """The API gave a real answer: an outage, if there was one, is over."""

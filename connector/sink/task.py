@@ -218,10 +218,10 @@ class SinkTask:
             while True:
                 try:
                     writer, references = await self.registry.schema(schema_id)
+                    self.decoder.learn(schema_id, writer, references)
                 except SchemaNotFound as exc:
                     log.warning("%s: %s; its records are dead-lettered (decode_error)", self.name, exc)
                     self.decoder.learn(schema_id, None, [])
-                    break
                 except RegistryError as exc:
                     if self._registry_up:
                         self._registry_up = False
@@ -230,7 +230,19 @@ class SinkTask:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, REGISTRY_MAX_BACKOFF)
                     continue
-                self.decoder.learn(schema_id, writer, references)
+                except (FatalError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:
+                    # A schema fastavro refuses, references of an unknown shape: ids never change, so its
+                    # records can never be decoded; they are dead-lettered, and this is said once.
+                    log.warning(
+                        "%s: schema id %d is unusable (%s: %s); its records are dead-lettered",
+                        self.name,
+                        schema_id,
+                        type(exc).__name__,
+                        exc,
+                    )
+                    self.decoder.learn(schema_id, None, [])
                 break
             if not self._registry_up:
                 self._registry_up = True
@@ -413,6 +425,9 @@ class SinkTask:
         if self.fatal is None:
             self.flush()
             while self.fatal is None and clock() < deadline and not self.idle():
+                if self._held:  # a writer schema may have arrived: what waited for it goes on
+                    self.put([], clock())
+                    self.flush()
                 self.tick(clock())
                 await asyncio.sleep(0.01)
         running = [*self._tasks, *([self._follower] if self._follower is not None else [])]
