@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+from fastavro.schema import to_parsing_canonical_form
 
 from connector.codec.base import DecodeError, SchemaPending
 
@@ -53,17 +54,20 @@ class ConfluentAvroDecoder:
 
     def learn(self, schema_id: int, writer: dict[str, Any] | None, references: list[dict[str, Any]]) -> None:
         """The registry's answer for `schema_id`: its writer schema (and references), or None if unknown."""
-        entry = None
+        entry: tuple[Any, type[io.BytesIO], Any] | None = None
         if writer is not None:
             named: dict[str, Any] = {}
             for reference in references:
                 fastavro.parse_schema(reference, named_schemas=named)
             parsed = fastavro.parse_schema(writer, named_schemas=named)
-            # fastavro checks lengths as it reads, but not as it skips a field the reader does not have:
-            # a record cut inside such a field would decode. Writers that differ read through a buffer
-            # that refuses short reads; the others keep the plain (faster) one.
-            same = self._reader is not None and _canonical(parsed) == _canonical(self._reader)
-            entry = (parsed, io.BytesIO if same or self._reader is None else _StrictBytesIO)
+            # Same schema as the reader (by Avro's Parsing Canonical Form: the registry may hand it back
+            # re-serialised, without docs): decoded as written, no resolution. Otherwise resolved, through a
+            # buffer that refuses short reads: fastavro checks lengths as it reads, but not as it skips a
+            # field the reader does not have, so a record cut inside one would decode.
+            if self._reader is None or _canonical(parsed) == _canonical(self._reader):
+                entry = (parsed, io.BytesIO, None)
+            else:
+                entry = (parsed, _StrictBytesIO, self._reader)
         if entry is None and len(self._writers) >= MAX_SCHEMAS:
             # Records framed with random ids must not grow the cache without bound: forget unknown ids.
             self._writers = {k: v for k, v in self._writers.items() if v is not None}
@@ -83,11 +87,11 @@ class ConfluentAvroDecoder:
             self._last_id, self._last_writer = schema_id, writer
         if writer is None:
             raise DecodeError(f"schema id {int.from_bytes(schema_id, 'big')} is not in the schema registry")
-        parsed, buffer = writer
+        parsed, buffer, reader = writer
         buf = buffer(value)
         buf.seek(5)
         try:
-            data = fastavro.schemaless_reader(buf, parsed, self._reader)
+            data = fastavro.schemaless_reader(buf, parsed, reader)
         except Exception as exc:  # fastavro raises many types on corrupt input; all mean "does not decode"
             raise DecodeError(f"invalid Avro: {type(exc).__name__}: {exc}") from None
         if buf.tell() != len(value):
@@ -112,4 +116,5 @@ class _StrictBytesIO(io.BytesIO):
 
 
 def _canonical(schema: Any) -> str:
-    return json.dumps(schema, sort_keys=True)
+    canonical: str = to_parsing_canonical_form(schema)
+    return canonical
