@@ -142,9 +142,16 @@ class Metrics:
         return SinkMetrics(self, name)
 
     def value(self, name: str, labels: dict[str, str]) -> float:
-        """A sample's current value (0 when absent); for tests, the demo and the benchmark."""
-        v = self.registry.get_sample_value(P + name, labels)
-        return 0.0 if v is None else v
+        """A sample's current value (0 when absent); for tests, the demo and the benchmark.
+
+        Only the collector of that metric is asked: the process collector reads /proc files, and a caller
+        polling a counter would otherwise pay for it on every call (and slow the connector down)."""
+        full = P + name
+        for metric in self.registry.restricted_registry([full]).collect():
+            for sample in metric.samples:
+                if sample.name == full and sample.labels == labels:
+                    return float(sample.value)
+        return 0.0
 
 
 class SinkMetrics:
