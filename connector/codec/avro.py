@@ -24,16 +24,20 @@ class AvroDecoder:
         return cls(json.loads(path.read_text()))
 
     def decode(self, value: bytes) -> dict[str, Any]:
-        buf = io.BytesIO(value)
-        try:
-            data = fastavro.schemaless_reader(buf, self._schema, None)
-        except Exception as exc:  # fastavro raises many types on corrupt input; all mean "does not decode"
-            raise DecodeError(f"invalid Avro: {type(exc).__name__}: {exc}") from None
-        if buf.tell() != len(value):
-            raise DecodeError(f"invalid Avro: {len(value) - buf.tell()} trailing bytes after the record")
-        if not isinstance(data, dict):
-            raise DecodeError("Avro value is not a record")
-        return data
+        return read_record(io.BytesIO(value), len(value), self._schema, None)
+
+
+def read_record(buf: io.BytesIO, length: int, writer: Any, reader: Any) -> dict[str, Any]:
+    """One Avro record from `buf` (`length` bytes in all), all of it, or DecodeError."""
+    try:
+        data = fastavro.schemaless_reader(buf, writer, reader)
+    except Exception as exc:  # fastavro raises many types on corrupt input; all mean "does not decode"
+        raise DecodeError(f"invalid Avro: {type(exc).__name__}: {exc}") from None
+    if buf.tell() != length:
+        raise DecodeError(f"invalid Avro: {length - buf.tell()} trailing bytes after the record")
+    if not isinstance(data, dict):
+        raise DecodeError("Avro value is not a record")
+    return data
 
 
 class ConfluentAvroDecoder:
@@ -90,15 +94,7 @@ class ConfluentAvroDecoder:
         parsed, buffer, reader = writer
         buf = buffer(value)
         buf.seek(5)
-        try:
-            data = fastavro.schemaless_reader(buf, parsed, reader)
-        except Exception as exc:  # fastavro raises many types on corrupt input; all mean "does not decode"
-            raise DecodeError(f"invalid Avro: {type(exc).__name__}: {exc}") from None
-        if buf.tell() != len(value):
-            raise DecodeError(f"invalid Avro: {len(value) - buf.tell()} trailing bytes after the record")
-        if not isinstance(data, dict):
-            raise DecodeError("Avro value is not a record")
-        return data
+        return read_record(buf, len(value), parsed, reader)
 
 
 _PENDING = object()

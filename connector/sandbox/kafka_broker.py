@@ -105,11 +105,30 @@ def ensure_jars() -> Path:
     return lib
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def stop_process(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM a child started in its own session, SIGKILL its group if it is not gone within 15 s."""
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The last lines of a child's log, for an error message."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 class KafkaBroker:
@@ -126,7 +145,7 @@ class KafkaBroker:
     def start(self, timeout: float = 90.0) -> None:
         lib = ensure_jars()
         self._dir = Path(tempfile.mkdtemp(prefix="activity-connector-kafka-"))
-        self.port, controller = _free_port(), _free_port()
+        self.port, controller = free_port(), free_port()
         props = self._dir / "server.properties"
         props.write_text(
             "\n".join(
@@ -234,23 +253,12 @@ class KafkaBroker:
         self.stop()
         raise BrokerError(f"the Kafka broker did not answer within {timeout:.0f}s:\n{self._log_tail()}")
 
-    def _log_tail(self, lines: int = 40) -> str:
-        if self._dir is None:
-            return ""
-        try:
-            return "\n".join((self._dir / "broker.log").read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+    def _log_tail(self) -> str:
+        return log_tail(self._dir / "broker.log") if self._dir is not None else ""
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(5)
+        stop_process(process)
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None

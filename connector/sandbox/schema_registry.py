@@ -17,7 +17,14 @@ from pathlib import Path
 
 import httpx
 
-from connector.sandbox.kafka_broker import DEPENDENCY_PLUGIN, BrokerError, _free_port, cache_dir
+from connector.sandbox.kafka_broker import (
+    DEPENDENCY_PLUGIN,
+    BrokerError,
+    cache_dir,
+    free_port,
+    log_tail,
+    stop_process,
+)
 
 APICURIO_VERSION = "3.0.9"  # the last 3.x that runs on Java 17 (3.3.x needs Java 21)
 ARTIFACT = f"io.apicurio:apicurio-registry-app:{APICURIO_VERSION}:tar.gz:all"
@@ -77,7 +84,7 @@ class SchemaRegistry:
     def start(self, timeout: float = 90.0) -> SchemaRegistry:
         runner = ensure_registry()
         self._dir = self._dir or Path(tempfile.mkdtemp(prefix="activity-connector-registry-"))
-        self.port = self.port or _free_port()
+        self.port = self.port or free_port()
         auth: list[str] = []
         if self.basic_auth is not None:
             user, password = self.basic_auth
@@ -132,24 +139,13 @@ class SchemaRegistry:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(5)
+        stop_process(process)
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
 
-    def _log_tail(self, lines: int = 40) -> str:
-        if self._dir is None:
-            return ""
-        try:
-            return "\n".join((self._dir / "registry.log").read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+    def _log_tail(self) -> str:
+        return log_tail(self._dir / "registry.log") if self._dir is not None else ""
 
     def __enter__(self) -> SchemaRegistry:
         return self.start()

@@ -169,7 +169,7 @@ def run_sandbox(host: str, port: int) -> None:
     asyncio.run(serve())
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -188,7 +188,7 @@ class SandboxProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> SandboxProcess:
-        self.port = _free_port()
+        self.port = free_port()
         self._process = subprocess.Popen(
             [
                 sys.executable,
