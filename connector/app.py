@@ -1,6 +1,6 @@
-"""Builds the sinks from settings, runs them on one asyncio loop, and shuts them down on a signal.
+"""Builds the sinks and sources from settings, runs them on one asyncio loop, and shuts them down on a signal.
 
-A fatal error in one sink stops every sink gracefully (each still commits what it settled) and the
+A fatal error in one sink or source stops every other gracefully (each still commits what it settled) and the
 process exits 1.
 """
 
@@ -16,6 +16,7 @@ from connector.delivery.ratelimit import ApiWindows
 from connector.metrics import HealthServer, Metrics
 from connector.redact import install_log_redaction, register
 from connector.sink.pipeline import build_sink
+from connector.sources.source import JobSlots, PeopleAiSource
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ class App:
             build_sink(s, settings.kafka, self.metrics, settings.shutdown_timeout, i, windows)
             for i, s in enumerate(settings.sinks)
         ]
+        slots = JobSlots()  # People.ai's running-job limit per account, whichever sources use it
+        self.sources = [PeopleAiSource(s, settings.kafka, self.metrics, slots) for s in settings.sources]
         self.health = HealthServer(self.metrics, self.alive, self.ready)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -40,10 +43,11 @@ class App:
 
     def alive(self) -> bool:
         now = time.monotonic()
-        return all(now - s.heartbeat < STALL_LIMIT for s in self.sinks)
+        beats = [s.heartbeat for s in self.sinks] + [s.heartbeat for s in self.sources]
+        return all(now - beat < STALL_LIMIT for beat in beats)
 
     def ready(self) -> bool:
-        return all(s.ready() for s in self.sinks)
+        return all(s.ready() for s in self.sinks) and all(s.ready() for s in self.sources)
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -52,6 +56,7 @@ class App:
         log.info("metrics on http://%s:%d/metrics", self.settings.metrics_host, self.health.port)
         self.started.set()
         tasks = [asyncio.create_task(s.run(self._stop), name=s.name) for s in self.sinks]
+        tasks += [asyncio.create_task(s.run(self._stop), name=s.name) for s in self.sources]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             if any(t.exception() is not None for t in done):

@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -110,10 +111,33 @@ class SinkSettings:
     dead_letter_topic: str
     on_error: OnError
     mapping: Mapping[str, Any] | None = None  # target field -> source (connector.codec.mapping)
+    max_replays: int = 3  # `dlq replay` skips a dead letter replayed this many times already
 
     @property
     def subscription(self) -> list[str]:
         return [self.topic_pattern] if self.topic_pattern else list(self.topics)
+
+
+ActivityType = Literal["all", "email", "meeting", "call"]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSettings:
+    """A `peopleai.activities` source: People.ai export jobs into a Kafka topic, exactly once."""
+
+    name: str
+    type: str
+    url: str
+    auth: AuthSettings
+    activity_type: ActivityType
+    start_date: date
+    interval: float
+    topic: str
+    state_topic: str
+    dead_letter_topic: str
+    snapshot_window: int = 30  # days per snapshot export job (the API allows up to 365)
+    download_concurrency: int = 2  # fragments of one job downloaded at once
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +147,7 @@ class Settings:
     metrics_port: int
     shutdown_timeout: float
     sinks: tuple[SinkSettings, ...]
+    sources: tuple[SourceSettings, ...] = ()
     base_dir: Path = Path(".")
     log_format: str = "text"
     log_level: str = "info"
@@ -420,6 +445,7 @@ def _sink(section: _Section, index: int, base_dir: Path) -> SinkSettings:
 
     dl = section.section("dead_letter")
     dead_letter_topic = dl.string("topic", f"{name}.dlq")
+    max_replays = dl.integer("max_replays", 3)
     dl.finish()
     on_error = section.choice("on_error", ("dead_letter", "fail"), "dead_letter")
     mapping = section.raw("mapping")
@@ -442,7 +468,75 @@ def _sink(section: _Section, index: int, base_dir: Path) -> SinkSettings:
         dead_letter_topic=dead_letter_topic,
         on_error=on_error,  # type: ignore[arg-type]
         mapping=mapping,
+        max_replays=max_replays,
     )
+
+
+SNAPSHOT_MAX_DAYS = 365  # People.ai: the longest snapshot export
+
+
+def _source(section: _Section) -> SourceSettings:
+    name = section.string("name")
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise ConfigError(section.path("name"), "use letters, digits, '.', '_' and '-' only")
+    kind = section.choice("type", ("peopleai.activities",), "peopleai.activities")
+    url = section.string("url").rstrip("/")
+    if not re.match(r"^https?://", url):
+        raise ConfigError(section.path("url"), f"must start with http:// or https://, got {url!r}")
+    auth = _auth(section.section("auth"))
+    if auth.type != "oauth2_client_credentials":
+        raise ConfigError(section.path("auth.type"), "People.ai needs oauth2_client_credentials")
+    raw_start = section.raw("start_date")
+    try:
+        start = raw_start if isinstance(raw_start, date) else date.fromisoformat(str(raw_start))
+    except ValueError:
+        raise ConfigError(
+            section.path("start_date"), f"must be a date yyyy-MM-dd, got {raw_start!r}"
+        ) from None
+    if start > datetime.now(UTC).date():
+        raise ConfigError(section.path("start_date"), "is in the future")
+    window = section.typed("snapshot_window", parse_duration, 30 * 86400.0)
+    days = int(window // 86400)
+    if days < 1 or days > SNAPSHOT_MAX_DAYS or window % 86400:
+        raise ConfigError(section.path("snapshot_window"), f"must be whole days, 1d to {SNAPSHOT_MAX_DAYS}d")
+    d = section.section("delivery")
+    r = d.section("retry")
+    retry = RetrySettings(
+        max_attempts=r.integer("max_attempts", 10),
+        initial_backoff=r.typed("initial_backoff", parse_duration, 0.5),
+        max_backoff=r.typed("max_backoff", parse_duration, 60.0),
+    )
+    r.finish()
+    rl = d.section("rate_limit")
+    rps = rl.typed("requests_per_second", float, 0.0) or None
+    rl.finish()
+    delivery = DeliverySettings(
+        concurrency=d.integer("concurrency", 4),
+        timeout=d.typed("timeout", parse_duration, 60.0),
+        retry=retry,
+        requests_per_second=rps,
+    )
+    d.finish()
+    dl = section.section("dead_letter")
+    dead_letter_topic = dl.string("topic", f"{name}.dlq")
+    dl.finish()
+    source = SourceSettings(
+        name=name,
+        type=kind,
+        url=url,
+        auth=auth,
+        activity_type=section.choice("activity_type", ("all", "email", "meeting", "call"), "all"),  # type: ignore[arg-type]
+        start_date=start,
+        interval=section.typed("interval", parse_duration, 3600.0),
+        topic=section.string("topic"),
+        state_topic=section.string("state_topic", "activity-connector.state"),
+        dead_letter_topic=dead_letter_topic,
+        snapshot_window=days,
+        download_concurrency=section.integer("download_concurrency", 2),
+        delivery=delivery,
+    )
+    section.finish()
+    return source
 
 
 def parse_settings(
@@ -469,14 +563,21 @@ def parse_settings(
     if not host or not port.isdigit():
         raise ConfigError("metrics.listen", f"must be HOST:PORT, got {listen!r}")
     shutdown_timeout = root.typed("shutdown_timeout", parse_duration, 30.0)
-    sinks_raw = root.raw("sinks")
-    if not isinstance(sinks_raw, list) or not sinks_raw:
-        raise ConfigError("sinks", "must be a non-empty list")
+    sources_raw = root.raw("sources", [])
+    if not isinstance(sources_raw, list):
+        raise ConfigError("sources", "must be a list")
+    sources = tuple(_source(_Section(s, f"sources[{i}]")) for i, s in enumerate(sources_raw))
+    sinks_raw = root.raw("sinks", [] if sources else None)
+    if not isinstance(sinks_raw, list) or not (sinks_raw or sources):
+        raise ConfigError("sinks", "must be a non-empty list (or give sources)")
     sinks = tuple(_sink(_Section(s, f"sinks[{i}]"), i, base_dir) for i, s in enumerate(sinks_raw))
-    names = [s.name for s in sinks]
+    names = [s.name for s in sinks] + [s.name for s in sources]
     for i, n in enumerate(names):
         if n in names[:i]:
-            raise ConfigError(f"sinks[{i}].name", f"duplicate sink name {n!r}")
+            where = f"sinks[{i}]" if i < len(sinks) else f"sources[{i - len(sinks)}]"
+            raise ConfigError(
+                f"{where}.name", f"duplicate name {n!r} (sinks and sources share the sink label)"
+            )
     # Static members of one group need distinct ids: the second would fence the first, and both exit.
     static = [
         (s.group_id, s.consumer.get("group.instance.id", kafka.get("group.instance.id"))) for s in sinks
@@ -495,8 +596,6 @@ def parse_settings(
         raise ConfigError(
             "kafka.statistics.interval.ms", "must be above 0: consumer lag and Kafka health need it"
         )
-    if root.has("sources"):
-        raise ConfigError("sources", "sources (peopleai.activities) are not available in this version yet")
     root.finish()
     return Settings(
         kafka={k: str(v) if not isinstance(v, str) else v for k, v in kafka.items()},
@@ -504,6 +603,7 @@ def parse_settings(
         metrics_port=int(port),
         shutdown_timeout=shutdown_timeout,
         sinks=sinks,
+        sources=sources,
         base_dir=base_dir,
         log_format=log_format,
         log_level=log_level,
@@ -581,18 +681,51 @@ def effective(settings: Settings) -> dict[str, Any]:
         if s.delivery.requests_per_second:
             delivery["rate_limit"] = {"requests_per_second": s.delivery.requests_per_second}
         out["delivery"] = delivery
-        out.update(dead_letter={"topic": s.dead_letter_topic}, on_error=s.on_error)
+        out.update(
+            dead_letter={"topic": s.dead_letter_topic, "max_replays": s.max_replays}, on_error=s.on_error
+        )
         if s.mapping is not None:
             out["mapping"] = s.mapping
         return out
 
-    return {
+    def source(s: SourceSettings) -> dict[str, Any]:
+        r = s.delivery.retry
+        delivery: dict[str, Any] = {
+            "timeout": s.delivery.timeout,
+            "retry": {
+                "max_attempts": r.max_attempts,
+                "initial_backoff": r.initial_backoff,
+                "max_backoff": r.max_backoff,
+            },
+        }
+        if s.delivery.requests_per_second:
+            delivery["rate_limit"] = {"requests_per_second": s.delivery.requests_per_second}
+        return {
+            "name": s.name,
+            "type": s.type,
+            "url": masked_url(s.url),
+            "auth": auth(s.auth),
+            "activity_type": s.activity_type,
+            "start_date": s.start_date.isoformat(),
+            "interval": s.interval,
+            "snapshot_window": f"{s.snapshot_window}d",
+            "download_concurrency": s.download_concurrency,
+            "topic": s.topic,
+            "state_topic": s.state_topic,
+            "dead_letter": {"topic": s.dead_letter_topic},
+            "delivery": delivery,
+        }
+
+    out: dict[str, Any] = {
         "kafka": kafka_props(settings.kafka),
         "metrics": {"listen": f"{settings.metrics_host}:{settings.metrics_port}"},
         "shutdown_timeout": settings.shutdown_timeout,
         "logging": {"format": settings.log_format, "level": settings.log_level},
         "sinks": [sink(s) for s in settings.sinks],
     }
+    if settings.sources:
+        out["sources"] = [source(s) for s in settings.sources]
+    return out
 
 
 # librdkafka and Schema Registry properties that hold credentials.

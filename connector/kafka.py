@@ -34,7 +34,8 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "fetch.wait.max.ms": 100,
 }
 # librdkafka's own log lines go through Python logging (served from consume()/poll() on the loop thread).
-_LOGGING: dict[str, Any] = {"logger": logging.getLogger(KAFKA_LOGGER)}
+KAFKA_LOGGING: dict[str, Any] = {"logger": logging.getLogger(KAFKA_LOGGER)}
+_LOGGING = KAFKA_LOGGING
 CONSUMER_FORCED: dict[str, Any] = {
     # We commit only settled offsets ourselves; librdkafka must never commit on its own.
     "enable.auto.commit": False,

@@ -35,6 +35,9 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 BATCH_OUTCOMES = ("success", "partial", "retried", "failed")
 IMPORT_OUTCOMES = ("completed", "failed", "unknown")
 COMMIT_OUTCOMES = ("success", "failed")
+JOB_STATES = ("Queued", "Running", "Completed", "Canceled", "Failed")
+SKIP_REASONS = ("already_produced", "before_start_date")
+TRANSACTION_OUTCOMES = ("committed", "aborted")
 
 P = "activity_connector_"
 _SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
@@ -138,8 +141,40 @@ class Metrics:
             registry=r,
         )
 
+        # Sources (their name in the `sink` label).
+        self.source_jobs = Counter(
+            P + "source_jobs", "Export jobs seen entering each state", (*s, "state"), registry=r
+        )
+        self.source_records_produced = Counter(
+            P + "source_records_produced", "Records produced to Kafka (committed)", s, registry=r
+        )
+        self.source_records_skipped = Counter(
+            P + "source_records_skipped",
+            "Exported records not produced: produced already, or dated before start_date",
+            (*s, "reason"),
+            registry=r,
+        )
+        self.source_transactions = Counter(
+            P + "source_transactions", "Kafka transactions by outcome", (*s, "outcome"), registry=r
+        )
+        self.source_cursor_lag = Gauge(
+            P + "source_cursor_lag_seconds",
+            "Now minus the time up to which exported activities are in Kafka",
+            s,
+            registry=r,
+        )
+        self.source_download_bytes = Counter(
+            P + "source_download_bytes", "Bytes of export data downloaded", s, registry=r
+        )
+        self.source_download_seconds = Counter(
+            P + "source_download_seconds", "Time spent downloading export data", s, registry=r
+        )
+
     def sink(self, name: str) -> SinkMetrics:
         return SinkMetrics(self, name)
+
+    def source(self, name: str) -> SourceMetrics:
+        return SourceMetrics(self, name)
 
     def value(self, name: str, labels: dict[str, str]) -> float:
         """A sample's current value (0 when absent); for tests, the demo and the benchmark.
@@ -298,3 +333,41 @@ class HealthServer:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+class SourceMetrics:
+    """The children of one source, bound once (the source's name in the `sink` label)."""
+
+    def __init__(self, m: Metrics, source: str) -> None:
+        self.name = source
+        self._m = m
+        self.rate_limited = m.rate_limited.labels(source)
+        self.stall_seconds = m.rate_limit_stall_seconds.labels(source)
+        self.stalled = m.rate_limit_stalled.labels(source)
+        self.produced = m.source_records_produced.labels(source)
+        self.cursor_lag = m.source_cursor_lag.labels(source)
+        self.download_bytes = m.source_download_bytes.labels(source)
+        self.download_seconds = m.source_download_seconds.labels(source)
+        self.request_duration = m.http_request_duration.labels(source)
+        self.jobs = {state: m.source_jobs.labels(source, state) for state in JOB_STATES}
+        self.skipped = {reason: m.source_records_skipped.labels(source, reason) for reason in SKIP_REASONS}
+        self.transactions = {o: m.source_transactions.labels(source, o) for o in TRANSACTION_OUTCOMES}
+        self.decode_errors = m.records_dead_lettered.labels(source, "decode_error")
+        self._http: dict[str, Counter] = {"error": m.http_requests.labels(source, "error")}
+        self._retries: dict[str, Counter] = {}
+        self.stalled.set(0)
+
+    def http(self, status: str, poll: bool = False) -> None:
+        child = self._http.get(status)
+        if child is None:
+            child = self._http[status] = self._m.http_requests.labels(self.name, status)
+        child.inc()
+
+    def retry(self, reason: str) -> None:
+        child = self._retries.get(reason)
+        if child is None:
+            child = self._retries[reason] = self._m.retries.labels(self.name, reason)
+        child.inc()
+
+    def value(self, name: str, **labels: str) -> float:
+        return self._m.value(name, {"sink": self.name, **labels})

@@ -1,11 +1,11 @@
-"""Parsing of human-written durations (`250ms`, `2s`, `5m`) and sizes (`512KiB`, `4MiB`, `5MB`)."""
+"""Parsing of human-written durations (`250ms`, `2s`, `5m`, `1d`) and sizes (`512KiB`, `4MiB`, `5MB`)."""
 
 from __future__ import annotations
 
 import re
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$")
 _SIZE_UNITS = {
     None: 1,

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from connector.delivery.retry import retry_after
-from connector.metrics import SinkMetrics
+from connector.metrics import SinkMetrics, SourceMetrics
 
 Clock = Callable[[], float]
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class ApiWindows:
 class RateLimiter:
     def __init__(
         self,
-        metrics: SinkMetrics,
+        metrics: SinkMetrics | SourceMetrics,
         requests_per_second: float | None = None,
         clock: Clock = time.monotonic,
         wall: Clock = time.time,

@@ -57,3 +57,15 @@ class SandboxClient:
     def stats(self, api: str) -> dict[str, Any]:
         result: dict[str, Any] = self._ok(self._http.get(f"/_sandbox/{api}/stats"))
         return result
+
+    def add_activities(
+        self, count: int, start_date: str, days: int = 1, ingested: str | None = None
+    ) -> list[str]:
+        """People.ai: add `count` activities dated over `days` days from `start_date`; their uids."""
+        body: dict[str, Any] = {"count": count, "start_date": start_date, "days": days}
+        if ingested is not None:
+            body["ingested"] = ingested
+        result: list[str] = self._ok(self._http.post("/_sandbox/peopleai.activities/activities", json=body))[
+            "added"
+        ]
+        return result

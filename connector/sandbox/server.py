@@ -30,6 +30,7 @@ from aiohttp import web
 
 from connector.sandbox.http_bulk import HttpBulkSimulator
 from connector.sandbox.mediarithmics import MediarithmicsSimulator
+from connector.sandbox.peopleai import PeopleAiSimulator
 from connector.sandbox.rally_crm import RallyCrmSimulator
 from connector.sandbox.rally_uxr import RallyUxrPeopleSimulator, RallyUxrSimulator
 from connector.sandbox.simulator import ISSUER, REFUSING, Simulator
@@ -46,6 +47,7 @@ def simulators() -> list[Simulator]:
         RallyCrmSimulator(),
         MediarithmicsSimulator(),
         HttpBulkSimulator(),
+        PeopleAiSimulator(),
     ]
 
 
