@@ -73,6 +73,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     sandbox.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     sandbox.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    dlq = sub.add_parser(
+        "dlq",
+        parents=[common],
+        help="dead-letter topics: replay",
+        description="Work with a sink's dead-letter topic.",
+    )
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="DLQ_COMMAND")
+    replay = dlq_sub.add_parser(
+        "replay",
+        parents=[common],
+        help="re-publish dead letters to their original topic",
+        description="Re-publish a sink's dead-lettered records to their original topic with their original "
+        "key, value and headers (error headers removed, __activity.replayed counting replays), exactly once: "
+        "records and progress are committed together. Prints counts per reason.",
+    )
+    replay.add_argument("-c", "--config", required=True, type=Path, help=config_help)
+    replay.add_argument("--sink", required=True, help="the sink whose dead-letter topic is replayed")
+    replay.add_argument(
+        "--reason", action="append", default=[], help="only dead letters of this reason (repeatable)"
+    )
+    replay.add_argument("--since", help="only dead letters written since: 2026-11-30T12:00:00Z, or 6h (ago)")
+    replay.add_argument("--limit", type=int, help="replay at most this many records")
+    replay.add_argument("--rate", type=float, help="at most this many records a second")
+    replay.add_argument("--dry-run", action="store_true", help="only count what would be replayed")
     return parser
 
 
@@ -96,6 +120,25 @@ def main(argv: list[str] | None = None) -> int:
             from connector.demo import run_demo
 
             return run_demo(args.records)
+        elif args.command == "dlq":
+            from connector.config import load_settings
+            from connector.replay import find_sink, parse_since, replay
+
+            settings = load_settings(args.config)
+            setup_logging(settings.log_format, level or settings.log_level)
+            if args.limit is not None and args.limit < 1:
+                raise ConfigError("--limit", "must be at least 1")
+            if args.rate is not None and args.rate <= 0:
+                raise ConfigError("--rate", "must be above 0")
+            replay(
+                settings,
+                find_sink(settings, args.sink),
+                reasons=args.reason,
+                since=parse_since(args.since) if args.since else None,
+                limit=args.limit,
+                dry_run=args.dry_run,
+                rate=args.rate,
+            )
         elif args.command == "sandbox":
             from connector.sandbox.server import run_sandbox
 

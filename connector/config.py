@@ -517,6 +517,11 @@ def _source(section: _Section) -> SourceSettings:
         requests_per_second=rps,
     )
     d.finish()
+    if retry.initial_backoff < 0.01:
+        raise ConfigError(d.path("retry.initial_backoff"), "must be at least 10ms (failures must not loop)")
+    interval = section.typed("interval", parse_duration, 3600.0)
+    if interval < 1.0:
+        raise ConfigError(section.path("interval"), "must be at least 1s")
     dl = section.section("dead_letter")
     dead_letter_topic = dl.string("topic", f"{name}.dlq")
     dl.finish()
@@ -527,7 +532,7 @@ def _source(section: _Section) -> SourceSettings:
         auth=auth,
         activity_type=section.choice("activity_type", ("all", "email", "meeting", "call"), "all"),  # type: ignore[arg-type]
         start_date=start,
-        interval=section.typed("interval", parse_duration, 3600.0),
+        interval=interval,
         topic=section.string("topic"),
         state_topic=section.string("state_topic", "activity-connector.state"),
         dead_letter_topic=dead_letter_topic,

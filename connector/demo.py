@@ -13,6 +13,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -162,20 +163,57 @@ def run_demo(records: int = 20_000) -> int:
             produce(bootstrap, topic, events)
             sinks.append(_sink(case, topic, sandbox.url, run))
             print(f"produced {len(events):>6} events for {case.api:<30} ({len(case.bad)} bad on purpose)")
+        # The People.ai source: activities of the last 45 days in the export API simulator, pulled into
+        # Kafka by export jobs (a snapshot, in 30-day windows), one line in each job not an activity.
+        today = datetime.now(UTC).date()
+        exported = len(
+            control.add_activities(max(100, records // 4), str(today - timedelta(days=44)), days=45)
+        )
+        control.configure("peopleai.activities", fragment_lines=1000, bad_lines=1)
+        source = {
+            "name": "peopleai",
+            "type": "peopleai.activities",
+            "url": f"{sandbox.url}/peopleai",
+            "auth": {
+                "type": "oauth2_client_credentials",
+                "token_url": f"{sandbox.url}/peopleai/auth/v1/tokens",
+                "client_id": "sandbox-client",
+                "client_secret": "sandbox-secret",
+            },
+            "start_date": str(today - timedelta(days=44)),
+            "topic": f"demo.{run}.peopleai.activities",
+            "state_topic": f"demo.{run}.state",
+        }
+        print(f"{exported:>15} activities in the People.ai export API (source: peopleai.activities)")
         settings = parse_settings(
             {
                 "kafka": {"bootstrap.servers": bootstrap, "log_level": 3},
                 "metrics": {"listen": "127.0.0.1:0"},
                 "sinks": sinks,
+                "sources": [source],
             },
             env={},
         )
         started = time.monotonic()
         with ConnectorThread(settings) as connector:
             connector.wait_drained(bootstrap, [s["topics"][0] for s in sinks], timeout=600)
+            m = connector.app.metrics
+            deadline = time.monotonic() + 120
+            while m.value("source_records_produced_total", {"sink": "peopleai"}) < exported:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
             elapsed = time.monotonic() - started
             for case, pipeline in zip(demo_cases, connector.app.sinks, strict=True):
                 ok &= _summary(case, pipeline.m, control)
+            produced = m.value("source_records_produced_total", {"sink": "peopleai"})
+            jobs = control.stats("peopleai.activities")["jobs_by_state"]
+            bad = m.value("records_dead_lettered_total", {"sink": "peopleai", "reason": "decode_error"})
+            print(
+                f"\n{'peopleai.activities (source)':<30} {produced:>6.0f} of {exported} activities produced "
+                f"exactly once (export jobs: {jobs}); dead-lettered: decode_error {bad:.0f}"
+            )
+            ok &= produced == exported
         total = sum(c.count + len(c.bad) for c in demo_cases)
         print(
             f"\n{total} records through {len(demo_cases)} destinations in {elapsed:.1f} s "

@@ -2,7 +2,8 @@
 
 Takes a JSON array, NDJSON (`Content-Type: application/x-ndjson`) or an object with the array under
 `records`; bearer auth; at most 1000 records. Answers 200 `{"accepted": n, "errors": [{"index", "message"}]}`.
-Test trigger: a record with `"reject": true` is refused in `errors`.
+Test trigger: a record with `"reject": true` is refused in `errors`, while the setting `refuse_marked` is
+true (the default); setting it false "fixes" the API, for dead-letter replay tests.
 """
 
 from __future__ import annotations
@@ -20,6 +21,15 @@ MAX_RECORDS = 1000
 class HttpBulkSimulator(Simulator):
     name = "http.bulk"
     prefix = "/bulk/v1"
+
+    def reset(self) -> None:
+        super().reset()
+        self.settings["refuse_marked"] = True
+
+    def configure(self, changes: dict[str, Any]) -> None:
+        extra = {k: changes.pop(k) for k in list(changes) if k == "refuse_marked"}
+        super().configure(changes)
+        self.settings.update(extra)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post(self.prefix + "/records", self.records)
@@ -43,7 +53,7 @@ class HttpBulkSimulator(Simulator):
         self.max_batch = max(self.max_batch, len(items))
         errors = []
         for index, item in enumerate(items):
-            if not isinstance(item, dict) or item.get("reject") is True:
+            if not isinstance(item, dict) or (item.get("reject") is True and self.settings["refuse_marked"]):
                 errors.append({"index": index, "message": "record refused"})
                 self.refused += 1
             else:

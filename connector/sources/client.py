@@ -25,15 +25,11 @@ from connector.redact import redact
 
 log = logging.getLogger(__name__)
 
-MAX_LINE = 16 * 1024 * 1024  # bytes: a longer line is not an activity (and must not fill memory)
+MAX_LINE = 16 * 1024 * 1024  # bytes: a longer line is cut here (and dead-lettered), never held whole
 
 
 class RequestFailed(ConnectorError):
     """A request got no usable answer within its attempts; the source retries its window later."""
-
-
-class LineTooLong(RequestFailed):
-    """A download whose line does not end: the download is failed rather than held in memory."""
 
 
 class ApiClient:
@@ -53,8 +49,13 @@ class ApiClient:
         self._attempts = delivery.retry.max_attempts
         self._auth = credentials.auth
 
-    async def request(self, method: str, path: str, content: bytes | None = None) -> tuple[int, bytes]:
-        """The first answer that is not a passing failure: (status, body). Raises RequestFailed."""
+    async def request(
+        self, method: str, path: str, content: bytes | None = None, retry_unclear: bool = True
+    ) -> tuple[int, bytes]:
+        """The first answer that is not a passing failure: (status, body). Raises RequestFailed.
+
+        `retry_unclear=False` for a request that must not be made twice: one whose answer was lost or was
+        a 5xx (it may have taken effect) is not sent again; a 429 (it did not) still is."""
         last = ""
         for attempt in range(1, self._attempts + 1):
             number = await self._limiter.acquire()
@@ -84,7 +85,7 @@ class ApiClient:
                 raise DestinationAuthError(f"People.ai refused our credentials (HTTP {status} to {method})")
             if status is not None and status not in RETRY_STATUSES:
                 return status, body
-            if attempt == self._attempts:
+            if attempt == self._attempts or (not retry_unclear and status != 429):
                 break
             self._m.retry(
                 str(status) if status is not None else "timeout" if last == "timeout" else "connection"
@@ -119,18 +120,24 @@ class ApiClient:
                         self._m.rate_limited.inc()
                     raise RequestFailed(f"download answered HTTP {response.status_code}")
                 rest = b""
+                discarding = False  # inside a line too long to hold: dropped up to its end
                 async for chunk in response.aiter_bytes():
                     size += len(chunk)
                     if time.monotonic() > end:
                         raise RequestFailed(f"download took longer than {deadline:.0f} s")
                     *complete, rest = (rest + chunk).split(b"\n")
                     for line in complete:
+                        if discarding:
+                            discarding = False
+                            continue
                         line = line.strip()
                         if line:
                             yield line
                     if len(rest) > MAX_LINE:
-                        raise LineTooLong(f"a line of more than {MAX_LINE} bytes")
-                if rest.strip():
+                        if not discarding:
+                            yield rest[:MAX_LINE]  # too long to be an activity: the source dead-letters it
+                        discarding, rest = True, b""
+                if rest.strip() and not discarding:
                     yield rest.strip()
         except httpx.HTTPError as exc:
             self._m.http("error")

@@ -41,10 +41,13 @@ class Cursor:
     seen_day: dict[str, str] = field(default_factory=dict)  # uid -> its processing day (yyyy-MM-dd)
     exported_at: float = 0.0  # epoch seconds: activities processed before this are in Kafka
     job: dict[str, Any] | None = None  # the export job of the window in progress: {id, window}
+    # The UTC day the snapshot began: deltas start there, so whatever was processed while the snapshot ran
+    # (for days, if it is long or the process was down) is exported too.
+    began: date | None = None
 
     @classmethod
-    def first(cls, start: date) -> Cursor:
-        return cls("snapshot", start)
+    def first(cls, start: date, today: date) -> Cursor:
+        return cls("snapshot", start, began=today)
 
     def window(self, today: date, snapshot_days: int) -> Window:
         """The next window to export."""
@@ -69,12 +72,16 @@ class Cursor:
 
     def advanced(self, window: Window, today: date, exported_at: float) -> Cursor:
         """The cursor once `window` is in Kafka (a new object; `self` stays as it was for an abort)."""
-        if window.export_type == "snapshot" and window.end < today:
-            phase: Phase = "snapshot"
-            next_day = window.end + timedelta(days=1)
-        else:
-            phase, next_day = "delta", min(window.end, today)
-        keep = next_day.isoformat()
+        keep_from = next_day = min(window.end, today)
+        phase: Phase = "delta"
+        if window.export_type == "snapshot":
+            began = self.began or today
+            keep_from = began
+            if window.end < today:
+                phase, next_day = "snapshot", window.end + timedelta(days=1)
+            else:
+                next_day = began  # the first delta covers what was processed since the snapshot began
+        keep = keep_from.isoformat()
         seen_day = {uid: day for uid, day in self.seen_day.items() if day >= keep}
         return replace(
             self,
@@ -99,6 +106,7 @@ class Cursor:
             "next_day": self.next_day.isoformat(),
             "exported_at": self.exported_at,
             "job": self.job,
+            "began": self.began.isoformat() if self.began else None,
             "seen_chunks": chunks,
         }
 
@@ -111,6 +119,7 @@ class Cursor:
         cursor = cls(head["phase"], date.fromisoformat(head["next_day"]))
         cursor.exported_at = float(head.get("exported_at", 0.0))
         cursor.job = head.get("job")
+        cursor.began = date.fromisoformat(head["began"]) if head.get("began") else None
         for chunk in chunks:
             for uid, ingested, day in chunk:
                 cursor.produced(uid, ingested, day)
@@ -122,20 +131,28 @@ def utc_today(now: float) -> date:
 
 
 def day_of(timestamp: Any) -> str | None:
-    """The UTC day (yyyy-MM-dd) of an RFC 3339 time or epoch milliseconds, or None if it is neither."""
+    """The UTC day (yyyy-MM-dd) of an RFC 3339 time or an epoch number, or None if it is neither."""
+    ms = epoch_ms(timestamp)
+    if ms is None:
+        return None
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC).date().isoformat()
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def epoch_ms(timestamp: Any) -> int | None:
+    """Epoch milliseconds of an RFC 3339 time, or of a number (milliseconds; below 1e11, seconds)."""
     if isinstance(timestamp, bool):
         return None
     if isinstance(timestamp, int | float):
-        try:
-            return datetime.fromtimestamp(timestamp / 1000, UTC).date().isoformat()
-        except (OverflowError, OSError, ValueError):
-            return None
+        return int(timestamp if timestamp >= 1e11 else timestamp * 1000)
     if isinstance(timestamp, str) and len(timestamp) >= 10:
         try:
             parsed = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
         except ValueError:
             return None
-        if parsed.tzinfo is not None:
-            parsed = parsed.astimezone(UTC)
-        return parsed.date().isoformat()
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return int(parsed.timestamp() * 1000)
     return None

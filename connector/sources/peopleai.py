@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from connector.sources.cursor import Window, day_of
+from connector.sources.cursor import Window, day_of, epoch_ms
 
 JOBS = "/pull/v1/export/activities/jobs"
 TOKEN_PATH = "/auth/v1/tokens"
@@ -38,6 +38,7 @@ class Job:
     state: str
     fragments: int | None  # Completed jobs: how many fragments to download (None: one, unfragmented)
     results_size: int | None
+    window: tuple[str, str, str, str] = ("", "", "", "")  # export_type, start_date, end_date, activity_type
 
     def download_timeout(self) -> float:
         """Seconds one fragment may take to download, from the documented 60 s per 20 MB."""
@@ -81,6 +82,12 @@ def read_job(body: bytes) -> Job:
         state=state,
         fragments=fragments if isinstance(fragments, int) and fragments > 0 else None,
         results_size=size if isinstance(size, int) and size >= 0 else None,
+        window=(
+            str(data.get("export_type", "")),
+            str(data.get("start_date", "")),
+            str(data.get("end_date", "")),
+            str(data.get("activity_type", "")),
+        ),
     )
 
 
@@ -121,10 +128,9 @@ def read_line(line: bytes) -> Activity:
     if not isinstance(uid, str) or not uid:
         raise BadLine("an activity without a uid")
     ingested = data.get("ingest_timestamp")
-    if isinstance(ingested, int | float) and not isinstance(ingested, bool):
-        ingested_text = f"{int(ingested):020d}"  # epoch milliseconds, compared as strings
-    else:
-        ingested_text = str(ingested) if ingested is not None else ""
+    ms = epoch_ms(ingested)
+    # Compared as strings: epoch milliseconds, zero-padded, whatever form the API wrote the time in.
+    ingested_text = f"{ms:015d}" if ms is not None and ms >= 0 else ""
     return Activity(
         uid=uid,
         value=line,

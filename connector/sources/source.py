@@ -15,6 +15,7 @@ job the account's job list is read so that jobs left by a crashed run, or by oth
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -27,10 +28,10 @@ from confluent_kafka import KafkaException, Producer
 from connector.config import SourceSettings
 from connector.delivery.auth import credentials
 from connector.delivery.retry import Backoff
-from connector.errors import ConnectorError, StartupError
+from connector.errors import ConnectorError, FatalError, StartupError
 from connector.kafka import CLIENT_DEFAULTS, CONSUMER_ONLY, KAFKA_LOGGING
 from connector.metrics import Metrics
-from connector.redact import redact
+from connector.redact import redact, register
 from connector.sources import peopleai
 from connector.sources.client import ApiClient, RequestFailed
 from connector.sources.cursor import Cursor, Window, utc_today
@@ -43,6 +44,7 @@ POLL_INITIAL = 1.0  # seconds before the first job state poll; then 1.5 times lo
 POLL_MAX = 30.0
 MAX_POLLS = 2_000  # a job that is not done after this many polls (≥ 16 hours) is given up and made anew
 MAX_VALUE = 1_000_000 - 16_384  # bytes of a record value: under Kafka's default message limit, headers aside
+COMMIT_ATTEMPTS = 5
 TRANSACTION_TIMEOUT_MS = 900_000  # the broker's default upper bound; a window must commit within it
 
 
@@ -88,6 +90,7 @@ class PeopleAiSource:
         self.m = metrics.source(settings.name)
         creds = credentials(settings.auth)
         self._secrets = creds.secrets
+        register(creds.secrets)  # the client secret and every access token, masked in every log line
         self.api = ApiClient(settings.url, creds, settings.delivery, self.m)
         self._slot = slots.of(settings.url, settings.auth.client_id)
         self._backoff = Backoff(settings.delivery.retry.initial_backoff, settings.delivery.retry.max_backoff)
@@ -106,16 +109,29 @@ class PeopleAiSource:
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
         beat = asyncio.create_task(self._beat())
+        work = asyncio.create_task(self._work())
+        stopping = asyncio.create_task(stop.wait())
         try:
-            cursor = await self._start()
-            await self._loop(cursor)
-        except Stopped:
-            pass
+            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                # A stop ends the window in progress wherever it waits (a rate-limit hold, a backoff, a
+                # download): its transaction is aborted, and the window is redone on the next start.
+                work.cancel()
+            try:
+                await work
+            except asyncio.CancelledError:
+                if not stop.is_set():
+                    raise
         finally:
+            stopping.cancel()
             beat.cancel()
             await self.api.aclose()
             if self.producer is not None:
                 await asyncio.to_thread(self.producer.flush, 5)
+
+    async def _work(self) -> None:
+        with contextlib.suppress(Stopped):
+            await self._loop(await self._start())
 
     async def _loop(self, cursor: Cursor) -> None:
         failures = 0
@@ -131,8 +147,9 @@ class PeopleAiSource:
                 try:
                     cursor = await self._export(cursor, window)
                     failures = 0
-                except (RequestFailed, ExportAnswerError, JobFailed, KafkaException) as exc:
+                except (RequestFailed, ExportAnswerError, JobFailed, KafkaException, BufferError) as exc:
                     failures += 1
+                    cursor.job = None  # a job that failed us once is not taken back: the next try makes one
                     delay = self._backoff.delay(min(failures, 16))
                     log.warning(
                         "%s: %s failed (%s); tried again in %.1f s",
@@ -155,7 +172,7 @@ class PeopleAiSource:
         except KafkaException as exc:
             raise StartupError(f"{self.name}: Kafka: {exc.args[0].str()}") from None
         if cursor is None:
-            cursor = Cursor.first(self.s.start_date)
+            cursor = Cursor.first(self.s.start_date, utc_today(time.time()))
             log.info("%s: first run: snapshot exports from %s", self.name, self.s.start_date)
         else:
             log.info("%s: resuming at %s %s", self.name, cursor.phase, cursor.next_day)
@@ -177,17 +194,12 @@ class PeopleAiSource:
             counts = await self._download(job, window, working)
             advanced = working.advanced(window, utc_today(time.time()), self._exported_at(window, started))
             chunks = write_cursor(producer, self.s.state_topic, self.name, advanced, self._chunks)
-            await asyncio.to_thread(producer.commit_transaction, 60)
+            await self._commit()
             committed = True
         finally:
             if not committed:
-                self.m.transactions["aborted"].inc()
-                try:
-                    await asyncio.to_thread(producer.abort_transaction, 30)
-                except KafkaException as exc:
-                    log.warning("%s: aborting the transaction failed: %s", self.name, exc.args[0].str())
+                await self._abort()
         self._chunks = chunks
-        self.m.transactions["committed"].inc()
         self.m.produced.inc(counts["produced"])
         self.m.decode_errors.inc(counts["bad"])
         for reason in ("already_produced", "before_start_date"):
@@ -240,10 +252,48 @@ class PeopleAiSource:
         producer = self.producer
         assert producer is not None
         producer.begin_transaction()
-        write_cursor(producer, self.s.state_topic, self.name, remembered, self._chunks, head_only=True)
-        await asyncio.to_thread(producer.commit_transaction, 60)
+        committed = False
+        try:
+            write_cursor(producer, self.s.state_topic, self.name, remembered, self._chunks, head_only=True)
+            await self._commit()
+            committed = True
+        finally:
+            if not committed:
+                await self._abort()
         cursor.job = remembered.job
         return job
+
+    async def _commit(self) -> None:
+        """Commit the open transaction. Retried while Kafka says it may be; a commit whose outcome stays
+        unknown, or a producer Kafka has fenced (another run of this source took over), is fatal: the
+        process restarts and reads back what was committed, rather than guess."""
+        producer = self.producer
+        assert producer is not None
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            try:
+                await asyncio.to_thread(producer.commit_transaction, 120)
+                self.m.transactions["committed"].inc()
+                return
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.txn_requires_abort():
+                    raise  # the caller aborts; the window is redone
+                if error.fatal() or not error.retriable() or attempt == COMMIT_ATTEMPTS:
+                    raise FatalError(f"{self.name}: committing a transaction failed: {error.str()}") from None
+                log.warning("%s: commit not confirmed yet (%s); asking again", self.name, error.str())
+
+    async def _abort(self) -> None:
+        self.m.transactions["aborted"].inc()
+        producer = self.producer
+        assert producer is not None
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            try:
+                await asyncio.to_thread(producer.abort_transaction, 60)
+                return
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.fatal() or not error.retriable() or attempt == COMMIT_ATTEMPTS:
+                    raise FatalError(f"{self.name}: aborting a transaction failed: {error.str()}") from None
 
     async def _wait_for_room(self) -> None:
         """Wait while the account has as many active jobs as may run (ours from a crashed run, others')."""
@@ -296,6 +346,9 @@ class PeopleAiSource:
         for item in enumerate(paths):
             queue.put_nowait(item)
         fallback_day = min(window.end, utc_today(time.time())).isoformat()
+        # A delta's activities count as processed on the open day at least: they stay in `seen` until the
+        # open day moves on, whatever their ingest time says (an update may keep its old one).
+        floor_day = fallback_day if window.export_type == "delta" else ""
         start = self.s.start_date.isoformat()
 
         async def worker() -> None:
@@ -311,7 +364,9 @@ class PeopleAiSource:
                                 continue
                             if self._stop.is_set():
                                 raise Stopped()
-                            await self._take(line, job, fragment, index, working, counts, start, fallback_day)
+                            await self._take(
+                                line, job, fragment, index, working, counts, start, fallback_day, floor_day
+                            )
                             done = index
                         break
                     except RequestFailed as exc:
@@ -322,7 +377,7 @@ class PeopleAiSource:
                             self.name,
                             fragment,
                             job.id,
-                            exc,
+                            redact(str(exc), self._secrets),
                         )
                         await self._sleep(self._backoff.delay(attempt))
 
@@ -345,6 +400,7 @@ class PeopleAiSource:
         counts: dict[str, int],
         start: str,
         fallback_day: str,
+        floor_day: str,
     ) -> None:
         try:
             if len(line) > MAX_VALUE:
@@ -374,7 +430,7 @@ class PeopleAiSource:
             counts["already_produced"] += 1
             return
         await self._produce(self.s.topic, activity.uid.encode(), activity.value, None)
-        working.produced(activity.uid, activity.ingested, activity.ingest_day or fallback_day)
+        working.produced(activity.uid, activity.ingested, max(activity.ingest_day or fallback_day, floor_day))
         counts["produced"] += 1
 
     async def _produce(

@@ -26,14 +26,19 @@ from connector.sources.cursor import Cursor
 log = logging.getLogger(__name__)
 
 CHUNK_UIDS = 5_000  # uids per state message: well under Kafka's default 1 MB message limit
-READ_TIMEOUT = 60.0  # seconds to read the state topic to its end at start
+READ_TIMEOUT = 960.0  # seconds to read the state topic to its end: an open transaction may hold it 15 min
 
 
 def ensure_topics(kafka: Mapping[str, Any], state_topic: str) -> None:
     """Create the state topic compacted if it does not exist (the others are the broker's to create)."""
     admin = AdminClient(admin_config(kafka))
     futures = admin.create_topics(
-        [NewTopic(state_topic, num_partitions=1, config={"cleanup.policy": "compact"})],
+        # Small segments, so compaction can drop old cursors: the topic stays small and quick to read.
+        [
+            NewTopic(
+                state_topic, num_partitions=1, config={"cleanup.policy": "compact", "segment.ms": "3600000"}
+            )
+        ],
         request_timeout=30,
     )
     for future in futures.values():
@@ -58,30 +63,34 @@ def read_cursor(kafka: Mapping[str, Any], state_topic: str, name: str) -> tuple[
     latest: dict[str, bytes | None] = {}
     try:
         metadata = consumer.list_topics(state_topic, timeout=30)
-        partitions = metadata.topics[state_topic].partitions
+        topic = metadata.topics.get(state_topic)
+        if topic is None or topic.error is not None:
+            raise StartupError(
+                f"cannot read the state topic {state_topic!r}: {topic.error if topic else 'absent'}"
+            )
         ends = {}
-        for p in partitions:
+        for p in topic.partitions:
             _, high = consumer.get_watermark_offsets(TopicPartition(state_topic, p), timeout=30)
             ends[p] = high
         pending = {p for p, high in ends.items() if high > 0}
         consumer.assign([TopicPartition(state_topic, p, OFFSET_BEGINNING) for p in pending])
         prefix = f"{name}/seen/"
+        # read_committed stops at the first open transaction (another source's, sharing the topic): read on
+        # until the position passes the end seen at the start, which that transaction's end allows.
         deadline = time.monotonic() + READ_TIMEOUT
         while pending:
             if time.monotonic() > deadline:
                 raise StartupError(f"could not read the state topic {state_topic!r} to its end")
-            for message in consumer.consume(500, 1.0):
+            for message in consumer.consume(500, 0.5):
                 error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(message.partition())
-                        continue
+                if error is not None and error.code() != KafkaError._PARTITION_EOF:
                     raise StartupError(f"reading the state topic: {error.str()}")
-                key = (message.key() or b"").decode(errors="replace")
-                if key == name or key.startswith(prefix):
-                    latest[key] = message.value()
-                if (message.offset() or 0) + 1 >= ends[message.partition()]:
-                    pending.discard(message.partition())
+                if error is None:
+                    key = (message.key() or b"").decode(errors="replace")
+                    if key == name or key.startswith(prefix):
+                        latest[key] = message.value()
+            positions = consumer.position([TopicPartition(state_topic, p) for p in pending])
+            pending = {tp.partition for tp in positions if tp.offset < ends[tp.partition]}
     finally:
         consumer.close()
     head = latest.get(name)
@@ -102,13 +111,23 @@ def write_cursor(
     producer: Producer, state_topic: str, name: str, cursor: Cursor, old_chunks: int, head_only: bool = False
 ) -> int:
     """Produce the cursor (inside the caller's transaction); returns how many seen chunks it now has."""
+
+    def produce(key: str, value: bytes | None) -> None:
+        for _ in range(6000):
+            try:
+                producer.produce(state_topic, key=key, value=value)
+                return
+            except BufferError:  # the queue is full of the window's records: let the broker take some
+                producer.poll(0.01)
+        raise BufferError("the Kafka producer's queue stayed full")
+
     if head_only:
-        producer.produce(state_topic, key=name, value=orjson.dumps(cursor.head(old_chunks)))
+        produce(name, orjson.dumps(cursor.head(old_chunks)))
         return old_chunks
     chunks = cursor.seen_chunks(CHUNK_UIDS)
     for i, chunk in enumerate(chunks):
-        producer.produce(state_topic, key=f"{name}/seen/{i}", value=orjson.dumps(chunk))
+        produce(f"{name}/seen/{i}", orjson.dumps(chunk))
     for i in range(len(chunks), old_chunks):
-        producer.produce(state_topic, key=f"{name}/seen/{i}", value=None)
-    producer.produce(state_topic, key=name, value=orjson.dumps(cursor.head(len(chunks))))
+        produce(f"{name}/seen/{i}", None)
+    produce(name, orjson.dumps(cursor.head(len(chunks))))
     return len(chunks)

@@ -17,7 +17,7 @@ TODAY = date(2026, 12, 2)
 
 
 def test_snapshot_windows_cover_start_to_today_then_deltas_of_the_open_day() -> None:
-    cursor = Cursor.first(TODAY - timedelta(days=59))
+    cursor = Cursor.first(TODAY - timedelta(days=59), TODAY)
     windows = []
     while cursor.phase == "snapshot":
         window = cursor.window(TODAY, 20)
@@ -88,6 +88,9 @@ def test_a_line_is_read_with_its_days_and_an_epoch_ingest_time_compares_as_a_num
     a = read_line(b'{"uid": "u1", "timestamp": "2026-12-01T23:30:00-02:00", "ingest_timestamp": 900}')
     b = read_line(b'{"uid": "u1", "ingest_timestamp": 10000}')
     assert a.activity_day == "2026-12-02" and a.ingest_day == "1970-01-01"
+    c = read_line(b'{"uid": "u", "ingest_timestamp": "2026-12-02T10:00:00.500Z"}')
+    d = read_line(b'{"uid": "u", "ingest_timestamp": "2026-12-02T10:30:00+01:00"}')
+    assert c.ingested > d.ingested  # instants compared, not strings
     assert b.ingested > a.ingested
 
 
@@ -149,3 +152,33 @@ def test_bad_source_settings_name_the_key(change: dict[str, Any], key: str) -> N
     with pytest.raises(ConfigError) as caught:
         parse_settings(_doc(**change), env={"SECRET": "s3cret-value"})
     assert caught.value.key.startswith(key), caught.value
+
+
+def test_a_snapshot_that_ends_days_after_it_began_hands_over_to_a_delta_from_the_day_it_began() -> None:
+    began = TODAY
+    cursor = Cursor.first(TODAY - timedelta(days=40), began)
+    cursor = cursor.advanced(cursor.window(began, 30), began, 0.0)  # the first window, on the first day
+    cursor.produced("recent", "x", began.isoformat())  # processed since the snapshot began: kept
+    cursor.produced("history", "x", (began - timedelta(days=20)).isoformat())
+    later = began + timedelta(days=2)  # the snapshot's last window runs two days later
+    cursor = cursor.advanced(cursor.window(later, 30), later, 0.0)
+    assert cursor.phase == "delta"
+    assert cursor.window(later, 30) == Window("delta", began, later)
+    assert set(cursor.seen) == {"recent"}
+
+
+def test_replay_since_takes_a_time_or_a_duration_ago() -> None:
+    from connector.replay import ReplayCounts, parse_since
+
+    assert parse_since("6h", now=100_000.0) == 100_000.0 - 6 * 3600
+    assert parse_since("2026-12-02T00:00:00Z") == parse_since("2026-12-02")
+    with pytest.raises(ConfigError, match="--since"):
+        parse_since("last tuesday")
+    counts = ReplayCounts()
+    counts.replayed["rejected"] += 2
+    counts.skipped["max_replays"] += 1
+    assert counts.lines(dry_run=True) == [
+        "rejected: 2 would be replayed",
+        "skipped (max_replays): 1",
+        "total: 2 would be replayed, 1 skipped",
+    ]
