@@ -42,6 +42,8 @@ from connector.units import parse_duration
 log = logging.getLogger(__name__)
 
 CHUNK = 500  # records per transaction
+MAX_OPEN = 10.0  # seconds a transaction stays open at most (Kafka aborts it past transaction.timeout.ms)
+STALL_TIMEOUT = 120.0  # seconds without a record from a partition not read to its end: the run fails
 REPLAYED = "__activity.replayed"
 _ERROR_PREFIXES = ("__connect.errors.", "__activity.error.")
 
@@ -102,8 +104,6 @@ def replay(
         raise ConfigError("--reason", f"unknown reason {unknown[0]!r} (one of {', '.join(REASONS)})")
     chosen = frozenset(reasons)
     group = f"activity-connector.{sink.name}.replay" + ("." + "+".join(sorted(chosen)) if chosen else "")
-    if dry_run:
-        group += f".dry-run.{time.time_ns()}"  # never commits; a group of its own reads from the beginning
     kafka = settings.kafka
     consumer = Consumer(
         {
@@ -116,7 +116,6 @@ def replay(
     producer: Producer | None = None
     counts = ReplayCounts()
     try:
-        ends = _assign(consumer, sink.dead_letter_topic, since)
         if not dry_run:
             common = {k: v for k, v in kafka.items() if k not in CONSUMER_ONLY}
             producer = Producer(
@@ -128,16 +127,28 @@ def replay(
                     **KAFKA_LOGGING,
                 }
             )
-            producer.init_transactions(60)  # fences and aborts a killed run's open transaction
+            # Fences a killed run and aborts its open transaction first, so the offsets read next are the
+            # committed ones (a pending transactional commit would make them unreadable).
+            producer.init_transactions(60)
+        # A dry run reads from the same group's position, and never commits.
+        ends = _assign(consumer, sink.dead_letter_topic, since)
+        if producer is not None:
             producer.begin_transaction()
         in_chunk = 0
+        opened = time.monotonic()
+        next_offsets: dict[int, int] = {}  # what the group commits: one past each record taken
         pending = {p for p, (position, end) in ends.items() if position < end}
         interval = 1.0 / rate if rate else 0.0
         next_at = time.monotonic()
+        quiet_since = time.monotonic()
         while pending and (limit is None or sum(counts.replayed.values()) < limit):
             message = _next(consumer, pending, ends)
             if message is None:
+                if time.monotonic() - quiet_since > STALL_TIMEOUT:
+                    raise ReplayError(f"{sink.dead_letter_topic}: nothing read for {STALL_TIMEOUT:.0f} s")
                 continue
+            quiet_since = time.monotonic()
+            next_offsets[message.partition()] = message.offset() + 1  # type: ignore[index,operator]
             why, reason, replays = _judge(message, chosen, since, sink.max_replays)
             if why is not None:
                 counts.skipped[why] += 1
@@ -152,16 +163,17 @@ def replay(
                 counts.replayed[reason] += 1
                 if producer is not None:
                     if interval:
-                        next_at += interval
+                        next_at = max(next_at, time.monotonic()) + interval
                         time.sleep(max(0.0, next_at - time.monotonic()))
                     _produce(producer, message, replays)
             in_chunk += 1
-            if producer is not None and in_chunk >= CHUNK:
-                _commit(producer, consumer)
+            # Commit every CHUNK records, and well within the transaction timeout when --rate is slow.
+            if producer is not None and (in_chunk >= CHUNK or time.monotonic() - opened > MAX_OPEN):
+                _commit(producer, consumer, sink.dead_letter_topic, next_offsets)
                 producer.begin_transaction()
-                in_chunk = 0
+                in_chunk, opened = 0, time.monotonic()
         if producer is not None:
-            _commit(producer, consumer)
+            _commit(producer, consumer, sink.dead_letter_topic, next_offsets)
     except KafkaException as exc:
         raise ReplayError(f"replay of {sink.dead_letter_topic}: Kafka: {exc.args[0].str()}") from None
     finally:
@@ -181,11 +193,17 @@ def _assign(consumer: Consumer, topic: str, since: float | None) -> dict[int, tu
     committed = consumer.committed(partitions, timeout=30)
     starts: dict[int, int] = {}
     for tp in committed:
+        if tp.error is not None:
+            raise ReplayError(
+                f"{topic} [{tp.partition}]: the replay's committed offset is unreadable: {tp.error}"
+            )
         low, _ = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=30)
         starts[tp.partition] = tp.offset if tp.offset != OFFSET_INVALID and tp.offset >= 0 else low
     if since is not None:
         wanted = [TopicPartition(topic, p, int(since * 1000)) for p in starts]
         for tp in consumer.offsets_for_times(wanted, timeout=30):
+            if tp.error is not None:
+                raise ReplayError(f"{topic} [{tp.partition}]: no offset for --since: {tp.error}")
             if tp.offset >= 0:
                 starts[tp.partition] = max(starts[tp.partition], tp.offset)
     ends = {}
@@ -265,10 +283,11 @@ def _produce(producer: Producer, message: Message, replays: int) -> None:
     raise ReplayError("the Kafka producer's queue stayed full")
 
 
-def _commit(producer: Producer, consumer: Consumer) -> None:
-    positions = [tp for tp in consumer.position(consumer.assignment()) if tp.offset >= 0]
-    if positions:
-        producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(), 30)
+def _commit(producer: Producer, consumer: Consumer, topic: str, next_offsets: dict[int, int]) -> None:
+    # The offsets of records taken, not the consumer's position: a seek (end-of-run) clears that.
+    offsets = [TopicPartition(topic, p, o) for p, o in sorted(next_offsets.items())]
+    if offsets:
+        producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
     producer.commit_transaction(60)
 
 
