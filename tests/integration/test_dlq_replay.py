@@ -132,3 +132,60 @@ def test_replay_after_the_api_is_fixed_delivers_once_even_when_killed_midway(
         f"the killed run had committed {done_before} dead letters, the rerun replayed {replayed_now}, "
         f"a third run 0; 5 past max_replays skipped"
     )
+
+
+def _dead_letters(bootstrap: str, dlq: str, topic: str, ids: range, reason: str) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for i in ids:
+        producer.produce(
+            dlq,
+            key=str(i).encode(),
+            value=orjson.dumps({"id": i}),
+            headers=[
+                ("__connect.errors.topic", topic.encode()),
+                ("__connect.errors.offset", str(i).encode()),
+                ("__activity.error.reason", reason.encode()),
+                ("__activity.error.http_status", b"400"),
+            ],
+        )
+    producer.flush(10)
+
+
+def test_replay_filters_limits_and_dead_letters_arriving_mid_run_are_each_replayed_once(
+    kafka_bootstrap: str, sandbox_url: str, tmp_path: Path
+) -> None:
+    topic = f"it.replay2.{uuid.uuid4().hex[:8]}"
+    dlq = f"{topic}.dlq"
+    create_topic(kafka_bootstrap, topic, 2)
+    create_topic(kafka_bootstrap, dlq, 2)
+    _dead_letters(kafka_bootstrap, dlq, topic, range(0, 1500), "rejected")
+    _dead_letters(kafka_bootstrap, dlq, topic, range(1500, 3000), "invalid_record")
+    bulk = sink("bulk", topic, destination("http.bulk", sandbox_url))
+    config = tmp_path / "connector.yaml"
+    config.write_text(yaml.safe_dump({"kafka": {"bootstrap.servers": kafka_bootstrap}, "sinks": [bulk]}))
+
+    def run(*args: str) -> str:
+        process = _replay(config, *args)
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+        return out
+
+    assert "rejected: 700 replayed" in run("--reason", "rejected", "--limit", "700")
+    slow = _replay(config, "--reason", "rejected", "--rate", "500")
+    time.sleep(1.5)
+    _dead_letters(kafka_bootstrap, dlq, topic, range(5000, 5050), "rejected")  # while it runs
+    out, err = slow.communicate(timeout=120)
+    assert slow.returncode == 0, err
+    assert "rejected: 800 replayed" in out, out  # what was there when it started
+    assert "rejected: 50 replayed" in run("--reason", "rejected")  # those that came meanwhile, once
+    assert "total: 0 replayed" in run("--reason", "rejected")
+    out = run("--reason", "invalid_record")
+    assert "invalid_record: 1500 replayed" in out, out  # the rejected runs passed over them for others
+    messages = read_committed(kafka_bootstrap, topic, 3050, timeout=60)
+    ids = Counter(orjson.loads(m.value())["id"] for m in messages)  # type: ignore[arg-type]
+    assert set(ids) == set(range(3000)) | set(range(5000, 5050))
+    assert max(ids.values()) == 1
+    figure(
+        "dlq replay filters: --limit 700, then 800 at --rate 500 with 50 dead letters arriving meanwhile "
+        "(replayed by the next run, once), other reasons kept for their own run: 3050 replayed, each once"
+    )
