@@ -9,6 +9,7 @@ answer, 5xx: the records wait, nothing is dead-lettered), RegistryAuthError (401
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -49,15 +50,8 @@ class SchemaRegistry:
             headers["Authorization"] = f"Bearer {token}"
             self.secrets.append(token)
         self.secrets = [secret for secret in self.secrets if len(secret) >= 4]
-        cert = properties.get("ssl.certificate.location")
-        key = properties.get("ssl.key.location")
         self._client = httpx.AsyncClient(
-            base_url=self.url,
-            headers=headers,
-            auth=auth,
-            timeout=timeout,
-            verify=properties.get("ssl.ca.location", True),
-            cert=(cert, key) if cert and key else None,
+            base_url=self.url, headers=headers, auth=auth, timeout=timeout, verify=_tls(properties)
         )
 
     async def schema(self, schema_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -112,6 +106,20 @@ class SchemaRegistry:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _tls(properties: Mapping[str, str]) -> ssl.SSLContext:
+    """The TLS context: the system's CAs or `ssl.ca.location`, and the client certificate if given.
+    (httpx's own `cert=` argument, deprecated, did not present the certificate: a test caught it.)"""
+    ca = properties.get("ssl.ca.location")
+    cert, key = properties.get("ssl.certificate.location"), properties.get("ssl.key.location")
+    try:
+        context = ssl.create_default_context(cafile=ca) if ca else ssl.create_default_context()
+        if cert and key:
+            context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise RegistryAuthError(f"schema_registry: cannot load ssl.* files: {exc}") from None
+    return context
 
 
 def _parsed(answer: Mapping[str, Any]) -> dict[str, Any]:

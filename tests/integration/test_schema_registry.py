@@ -5,11 +5,17 @@ process's other sinks deliver, and a registry that requires basic auth."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import ssl
+import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from confluent_kafka import Producer
@@ -201,3 +207,160 @@ def test_a_registry_that_requires_basic_auth(
     with ConnectorThread(settings) as connector:
         connector.wait_drained(kafka_bootstrap, [topic], timeout=120)
     assert sandbox.stats(API)["accepted"] == 500
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def _certificates(folder: Path) -> dict[str, str]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA."""
+    f = {
+        name: str(folder / name)
+        for name in ("ca.key", "ca.pem", "s.key", "s.csr", "s.pem", "c.key", "c.csr", "c.pem", "ext")
+    }
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        f["ca.key"],
+        "-out",
+        f["ca.pem"],
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+    )
+    Path(f["ext"]).write_text("subjectAltName=IP:127.0.0.1\n")
+    for who, cn in (("s", "127.0.0.1"), ("c", "connector")):
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f[f"{who}.key"],
+            "-out",
+            f[f"{who}.csr"],
+            "-subj",
+            f"/CN={cn}",
+        )
+        extra = ["-extfile", f["ext"]] if who == "s" else []
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f[f"{who}.csr"],
+            "-CA",
+            f["ca.pem"],
+            "-CAkey",
+            f["ca.key"],
+            "-CAcreateserial",
+            "-out",
+            f[f"{who}.pem"],
+            "-days",
+            "2",
+            *extra,
+        )
+    return f
+
+
+class TlsProxy:
+    """A TLS endpoint that requires a client certificate of the CA, in front of the (plain HTTP) registry."""
+
+    def __init__(self, target: str, certs: dict[str, str]) -> None:
+        parts = urlsplit(target)
+        self._target = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self._path = parts.path
+        self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._context.load_cert_chain(certs["s.pem"], certs["s.key"])
+        self._context.load_verify_locations(certs["ca.pem"])
+        self._context.verify_mode = ssl.CERT_REQUIRED
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        threading.Thread(target=self._main, daemon=True).start()
+        self._ready.wait(10)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}{self._path}"
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, ssl.SSLError):
+                pass
+            finally:
+                writer.close()
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+        async def start() -> None:
+            server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=self._context)
+            self.port = server.sockets[0].getsockname()[1]
+            self._ready.set()
+            await server.serve_forever()
+
+        self._loop.run_until_complete(start())
+
+
+def test_a_registry_behind_mutual_tls(
+    kafka_bootstrap: str,
+    sandbox_url: str,
+    sandbox: SandboxClient,
+    schema_registry: SchemaRegistry,
+    tmp_path: Path,
+) -> None:
+    certs = _certificates(tmp_path)
+    proxy = TlsProxy(schema_registry.url, certs)
+    topic = _topic(kafka_bootstrap, "tls")
+    ctx = SerializationContext(topic, MessageField.VALUE)
+    serialize = _serializer(schema_registry.url, V2)
+    values = []
+    for i in range(300):
+        value = serialize({**uxr_activity(i), "participantId": f"seq-{i}", "channel": "app"}, ctx)
+        assert value is not None
+        values.append((str(i).encode(), value))
+    _produce(kafka_bootstrap, topic, values)
+
+    # Without a client certificate the registry cannot be read: the records wait, none is dead-lettered.
+    no_cert = _registry_sink(
+        "tls-nocert", topic, sandbox_url, {"url": proxy.url, "ssl.ca.location": certs["ca.pem"]}
+    )
+    with ConnectorThread(settings_of(kafka_bootstrap, no_cert)) as connector:
+        m = connector.app.sinks[0].m
+        deadline = time.monotonic() + 30
+        while m.value("schema_registry_available") != 0:
+            assert time.monotonic() < deadline, "the refused TLS handshake was not noticed"
+            time.sleep(0.1)
+        assert sum(m.value("records_dead_lettered_total", reason=r) for r in ("decode_error",)) == 0
+        assert m.value("records_delivered_total") == 0
+
+    registry = {
+        "url": proxy.url,
+        "ssl.ca.location": certs["ca.pem"],
+        "ssl.certificate.location": certs["c.pem"],
+        "ssl.key.location": certs["c.key"],
+    }
+    doc_sink = _registry_sink("tls", topic, sandbox_url, registry)
+    with ConnectorThread(settings_of(kafka_bootstrap, doc_sink)) as connector:
+        connector.wait_drained(kafka_bootstrap, [topic], timeout=120)
+        m = connector.app.sinks[0].m
+        assert m.value("records_delivered_total") == 300
+        assert m.value("records_dead_lettered_total", reason="decode_error") == 0
+    assert sandbox.stats(API)["accepted"] == 300
+    figure(
+        "schema registry behind mutual TLS: without a client certificate 0 delivered, 0 dead-lettered "
+        "(records wait); with ssl.ca/certificate/key.location 300 of 300 delivered"
+    )

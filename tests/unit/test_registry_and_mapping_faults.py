@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -120,3 +121,12 @@ def test_a_deeply_nested_value_is_a_mapping_error_not_a_crash() -> None:
 def test_yaml_boolean_keys_in_a_value_map_are_refused() -> None:
     with pytest.raises(ConfigError, match="quote keys"):
         compile_mapping({"n": {"from": "n", "map": {True: "GRANTED"}}}, None)
+
+
+def test_unreadable_tls_files_are_a_clear_fatal_error(tmp_path: Path) -> None:
+    from connector.codec.registry import RegistryAuthError, SchemaRegistry
+
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate")
+    with pytest.raises(RegistryAuthError, match=r"ssl\.\* files"):
+        SchemaRegistry({"url": "https://registry:8081", "ssl.ca.location": str(bad)})
