@@ -24,6 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.schema_registry import Schema as RegistrySchema
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
+from bench.scenarios import latency, peak_memory, scale_out
 from connector.codec import make_decoder
 from connector.codec.avro import ConfluentAvroDecoder
 from connector.config import parse_settings
@@ -159,7 +160,8 @@ def main() -> None:
     }
     try:
         run = uuid.uuid4().hex[:6]
-        for fmt in ("json", "avro", "avro-confluent"):
+        formats = os.environ.get("BENCH_FORMATS", "json,avro,avro-confluent").split(",")
+        for fmt in formats:
             topic = f"bench.{run}.{fmt}"
             create_topic(bootstrap, topic, PARTITIONS)
             events = {"json": json_events, "avro": avro_events}.get(fmt) or confluent_events(
@@ -208,6 +210,40 @@ def main() -> None:
             flush=True,
         )
         results["rate_limit"] = pacing
+        if os.environ.get("BENCH_SCENARIOS", "1") != "0":
+            print(
+                f"[memory] peak RSS of one sink with {RECORDS:,} records waiting (API down 30 s) ...",
+                flush=True,
+            )
+            memory = peak_memory(bootstrap, sandbox.url, RECORDS)
+            print(
+                f"[memory] peak RSS {memory['peak_rss_mb']:.1f} MiB "
+                f"(first sample {memory['first_rss_mb']:.1f})"
+            )
+            results["memory"] = memory
+            print(
+                f"[scale-out] 1 then 2 processes of one group, 8 partitions, {RECORDS:,} records ...",
+                flush=True,
+            )
+            scale = scale_out(bootstrap, sandbox.url, RECORDS)
+            one, two = scale["processes_1"], scale["processes_2"]
+            print(
+                f"[scale-out] 1 process {one['records_per_s']:,} records/s; "
+                f"2 processes {two['records_per_s']:,} "
+                f"(partitions per process {two['partitions_per_process']}); ratio {scale['ratio']:.2f}; "
+                f"lost {one['lost']} / {two['lost']}",
+                flush=True,
+            )
+            results["scale_out"] = scale
+            print("[latency] 1,000 records/s for 30 s, produce to the sandbox's receipt ...", flush=True)
+            lat = latency(bootstrap, sandbox.url)
+            print(
+                f"[latency] p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms "
+                f"over {lat['records']:,} records "
+                f"(max_wait {lat['max_wait_ms']} ms)",
+                flush=True,
+            )
+            results["latency"] = lat
     finally:
         registry.stop()
         sandbox.stop()

@@ -12,8 +12,10 @@ from typing import Any, cast
 
 import httpx
 import orjson
+import pytest
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
+from connector.codec.base import SchemaPending
 from connector.codec.json import JsonDecoder
 from connector.codec.schema import validator_for
 from connector.config import DeliverySettings, RetrySettings
@@ -301,3 +303,66 @@ def test_kafka_connected_and_readiness_follow_the_brokers() -> None:
     assert not worker.ready() and metrics.value("kafka_connected", {"sink": "s"}) == 0
     worker.on_stats(orjson.dumps({"brokers": {"b1": {"state": "UP"}}}).decode())
     assert worker.ready() and metrics.value("kafka_connected", {"sink": "s"}) == 1
+
+
+class _SlowSchema:
+    """A decoder whose writer schema is 'being fetched' until `known` is set."""
+
+    def __init__(self) -> None:
+        self.known = False
+        self.inner = JsonDecoder()
+
+    def decode(self, value: bytes) -> dict[str, Any]:
+        if not self.known:
+            raise SchemaPending(7)
+        return self.inner.decode(value)
+
+
+def test_records_waiting_for_a_writer_schema_stop_intake_and_pause_only_if_the_wait_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("connector.sink.worker.HOLD_BEFORE_PAUSE", 0.3)
+
+    async def scenario(wait: float) -> tuple[int, int, bool]:
+        worker, consumer, _, metrics, client = build()
+        decoder = _SlowSchema()
+        worker.task.decoder = decoder
+        consumer.queue = [message(i) for i in range(30)]
+        calls = 0
+        consume = consumer.consume
+
+        def counting(num_messages: int, timeout: float) -> list[Message]:
+            nonlocal calls
+            calls += 1
+            return consume(num_messages, timeout)
+
+        consumer.consume = counting  # type: ignore[method-assign]
+        paused_ever = False
+
+        async def learn_later() -> None:
+            nonlocal paused_ever
+            loop = asyncio.get_running_loop()
+            end = loop.time() + wait
+            while loop.time() < end:
+                paused_ever |= bool(consumer.paused)
+                await asyncio.sleep(0.01)
+            decoder.known = True
+
+        learner = asyncio.create_task(learn_later())
+        calls_before = -1
+
+        def done() -> bool:
+            nonlocal calls_before
+            if not decoder.known and calls_before < 0 and worker.task.input_held():
+                calls_before = calls
+            return metrics.value("records_delivered_total", {"sink": "s"}) == 30
+
+        await run_until(worker, done)
+        await learner
+        await client.aclose()
+        return calls_before, calls, paused_ever
+
+    calls_at_hold, _, paused = asyncio.run(scenario(0.15))
+    assert calls_at_hold == 1 and not paused  # a quick fetch: one consume, no pause (no refetch)
+    _, _, paused = asyncio.run(scenario(0.8))
+    assert paused  # a long one: the partitions pause, so intake stays bounded and callbacks are served
