@@ -24,7 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.schema_registry import Schema as RegistrySchema
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from bench.scenarios import latency, peak_memory, scale_out
+from bench.scenarios import latency, peak_memory, scale_out, shared_budget
 from connector.codec import make_decoder
 from connector.codec.avro import ConfluentAvroDecoder
 from connector.config import parse_settings
@@ -244,6 +244,18 @@ def main() -> None:
                 flush=True,
             )
             results["latency"] = lat
+            print(
+                "[shared budget] 2 processes, one Rally UXR tenant (20 requests per 2 s), 40 s ...",
+                flush=True,
+            )
+            budget = shared_budget(bootstrap, sandbox.url)
+            print(
+                f"[shared budget] {budget['efficiency']:.1%} of the budget used "
+                f"({budget['used']}/{budget['budget']} in {budget['whole_windows']} whole windows); "
+                f"429s {budget['rate_limited']} of {budget['requests']} ({budget['share_429']:.2%})",
+                flush=True,
+            )
+            results["shared_budget"] = budget
     finally:
         registry.stop()
         sandbox.stop()

@@ -3,6 +3,7 @@ backlog waiting, scale-out as a consumer group, and latency under a steady load.
 
 from __future__ import annotations
 
+import math
 import statistics
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from typing import Any
 
 import orjson
 import yaml
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from connector.sandbox.control import SandboxClient
@@ -103,48 +104,59 @@ def peak_memory(bootstrap: str, sandbox_url: str, records: int) -> dict[str, Any
 def _assignments(bootstrap: str, group: str) -> list[int]:
     """Partitions per member of a consumer group, now."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    description = admin.describe_consumer_groups([group])[group].result(timeout=10)
+    try:
+        description = admin.describe_consumer_groups([group])[group].result(timeout=10)
+    except KafkaException:  # the coordinator is still loading: ask again
+        return []
     return sorted(len(m.assignment.topic_partitions) for m in description.members)
 
 
 def scale_out(bootstrap: str, sandbox_url: str, records: int) -> dict[str, Any]:
-    """Records/s of 1 process, then of 2 processes of one group, on one topic of 8 partitions."""
+    """Records/s of 1 process, then of 2 processes of one group, on one topic of 8 partitions: the
+    processes join first (each must hold its share of the partitions), then the records are produced, and
+    the time runs from the sandbox's first accepted request to its last."""
     control = SandboxClient(sandbox_url)
     out: dict[str, Any] = {}
     for processes in (1, 2):
         control.reset()
         topic = f"bench.scale{processes}.{uuid.uuid4().hex[:6]}"
         create_topic(bootstrap, topic, 8)
-        produce(
-            bootstrap,
-            topic,
-            (Event(str(i).encode(), orjson.dumps({"n": i, "pad": "x" * 150})) for i in range(records)),
-        )
         with tempfile.TemporaryDirectory() as folder:
             sink = _bulk_sink("scale", topic, sandbox_url)
             config = _config(Path(folder), bootstrap, sink)
             running = [_start(config, Path(folder) / f"log{i}") for i in range(processes)]
             try:
-                deadline = time.monotonic() + 600
+                deadline = time.monotonic() + 120
                 members: list[int] = []
-                first = None
+                while members != [8 // processes] * processes:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"the group never split 8 partitions over {processes}: {members}")
+                    time.sleep(0.5)
+                    members = _assignments(bootstrap, sink["group_id"])
+                produce(
+                    bootstrap,
+                    topic,
+                    (
+                        Event(str(i).encode(), orjson.dumps({"n": i, "pad": "x" * 150}))
+                        for i in range(records)
+                    ),
+                )
+                produced_at = time.time()  # from here on the processes drain a backlog; the producer is done
+                deadline = time.monotonic() + 600
                 while not drained(bootstrap, sink["group_id"], [topic]):
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"{processes} processes did not drain {topic}")
-                    timeline = control.timeline(BULK)
-                    if first is None and timeline:
-                        first = timeline[0][0] - 0.05
-                    if len(members) < processes:
-                        members = _assignments(bootstrap, sink["group_id"])
-                    time.sleep(0.1)
+                    time.sleep(0.2)
                 timeline = control.timeline(BULK)
                 accepted = {a["n"] for a in control.accepted(BULK)}
             finally:
                 for process in running:
                     _stop(process)
-        seconds = timeline[-1][0] - (first or timeline[0][0])
+        drained_after = sum(n for at, n in timeline if at > produced_at)
+        seconds = timeline[-1][0] - produced_at
         out[f"processes_{processes}"] = {
-            "records_per_s": round(records / seconds),
+            "records_per_s": round(drained_after / seconds),
+            "records_timed": drained_after,
             "partitions_per_process": members,
             "lost": records - len(accepted),
         }
@@ -196,4 +208,64 @@ def latency(bootstrap: str, sandbox_url: str, rate: int = 1000, seconds: float =
         "p50_ms": round(q[49], 1),
         "p99_ms": round(q[98], 1),
         "max_wait_ms": max_wait_ms,
+    }
+
+
+def shared_budget(
+    bootstrap: str, sandbox_url: str, seconds: float = 40.0, limit: int = 20, window: int = 2
+) -> dict[str, Any]:
+    """Two processes of one group against one Rally UXR tenant (a fixed window of `limit` requests per
+    `window` s, X-RateLimit-* headers): the share of the budget used in whole windows, and of 429s."""
+    api = "rally_uxr.activities"
+    control = SandboxClient(sandbox_url)
+    control.reset()
+    control.configure(api, rate_limit={"mode": "fixed_window", "limit": limit, "window_seconds": window})
+    topic = f"bench.budget.{uuid.uuid4().hex[:6]}"
+    create_topic(bootstrap, topic, 8)
+    per_request = 50
+    needed = int((seconds / window + 2) * limit * per_request * 1.5)
+    produce(
+        bootstrap,
+        topic,
+        (Event(str(i % 1000).encode(), orjson.dumps(uxr_activity(i))) for i in range(needed)),
+    )
+    sink = {
+        "name": "budget",
+        "topics": [topic],
+        "group_id": f"bench.budget.{uuid.uuid4().hex[:6]}",
+        "destination": {
+            "type": api,
+            "url": f"{sandbox_url}/rally-uxr/api/public/v1",
+            "auth": {"type": "bearer", "token": "sandbox-token"},
+        },
+        "batch": {"max_records": per_request, "max_wait": "50ms"},
+        "dead_letter": {"topic": f"{topic}.dlq"},
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        config = _config(Path(folder), bootstrap, sink)
+        running = [_start(config, Path(folder) / f"log{i}") for i in range(2)]
+        try:
+            time.sleep(seconds)
+            stopped_at = time.time()
+        finally:
+            for process in running:
+                _stop(process)
+    stats = control.stats(api)
+    calls = control.calls(api)
+    first = math.ceil(calls[0][0] / window) * window + window  # after both processes joined
+    last = math.floor(min(calls[-1][0], stopped_at) / window) * window
+    windows = max(0, int((last - first) / window))
+    used = sum(1 for t, _ in calls if first <= t < first + windows * window)
+    requests = sum(stats["requests"].values())
+    return {
+        "processes": 2,
+        "limit_per_window": limit,
+        "window_seconds": window,
+        "whole_windows": windows,
+        "used": used,
+        "budget": limit * windows,
+        "efficiency": round(used / (limit * windows), 3) if windows else 0.0,
+        "requests": requests,
+        "rate_limited": stats["rate_limited"],
+        "share_429": round(stats["rate_limited"] / requests, 4) if requests else 0.0,
     }

@@ -43,8 +43,31 @@ CONSUMER_FORCED: dict[str, Any] = {
 }
 
 
-def consumer_config(kafka: Mapping[str, Any], group_id: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    return {**CONSUMER_DEFAULTS, **kafka, "group.id": group_id, **overrides, **CONSUMER_FORCED, **_LOGGING}
+def consumer_config(
+    kafka: Mapping[str, Any],
+    group_id: str,
+    overrides: Mapping[str, Any],
+    buffer_bytes: int | None = None,
+) -> dict[str, Any]:
+    """A sink's consumer. With `buffer_bytes` (the sink's memory bound), librdkafka's prefetch is sized
+    from it, unless the user set those properties: what waits in librdkafka is bounded too."""
+    derived = fetch_bounds(buffer_bytes) if buffer_bytes is not None else {}
+    return {
+        **CONSUMER_DEFAULTS,
+        **derived,
+        **kafka,
+        "group.id": group_id,
+        **overrides,
+        **CONSUMER_FORCED,
+        **_LOGGING,
+    }
+
+
+def fetch_bounds(buffer_bytes: int) -> dict[str, Any]:
+    """librdkafka's prefetch queue at a quarter of the sink's buffer bound (at least 1 MiB), and fetch
+    responses no larger than that queue."""
+    queue_kib = max(1024, buffer_bytes // 4 // 1024)
+    return {"queued.max.messages.kbytes": queue_kib, "fetch.max.bytes": max(queue_kib * 1024, 1048576)}
 
 
 # Consumer properties a user may set under `kafka:` for every sink (e.g. static membership from the pod

@@ -79,7 +79,7 @@ def build_sink(
         registry=registry,
     )
     worker: SinkWorker
-    config = consumer_config(kafka, settings.group_id, settings.consumer)
+    config = consumer_config(kafka, settings.group_id, settings.consumer, settings.batch.max_buffered_bytes)
     config.update(
         stats_cb=lambda stats: worker.on_stats(stats),
         on_commit=lambda error, partitions: worker.on_commit(error, partitions),
