@@ -26,9 +26,14 @@ from connector.sandbox.kafka_broker import create_topic
 BULK = "http.bulk"
 
 
-def _config(folder: Path, bootstrap: str, sink: dict[str, Any]) -> Path:
+def _config(folder: Path, bootstrap: str, sink: dict[str, Any], shutdown_timeout: str = "30s") -> Path:
     path = folder / f"{sink['name']}.yaml"
-    doc = {"kafka": {"bootstrap.servers": bootstrap}, "metrics": {"listen": "127.0.0.1:0"}, "sinks": [sink]}
+    doc = {
+        "kafka": {"bootstrap.servers": bootstrap},
+        "metrics": {"listen": "127.0.0.1:0"},
+        "shutdown_timeout": shutdown_timeout,
+        "sinks": [sink],
+    }
     path.write_text(yaml.safe_dump(doc))
     return path
 
@@ -229,10 +234,11 @@ def shared_budget(
         topic,
         (Event(str(i % 1000).encode(), orjson.dumps(uxr_activity(i))) for i in range(needed)),
     )
-    sink = {
+    group = f"bench.budget.{uuid.uuid4().hex[:6]}"
+    sink: dict[str, Any] = {
         "name": "budget",
         "topics": [topic],
-        "group_id": f"bench.budget.{uuid.uuid4().hex[:6]}",
+        "group_id": group,
         "destination": {
             "type": api,
             "url": f"{sandbox_url}/rally-uxr/api/public/v1",
@@ -242,9 +248,19 @@ def shared_budget(
         "dead_letter": {"topic": f"{topic}.dlq"},
     }
     with tempfile.TemporaryDirectory() as folder:
-        config = _config(Path(folder), bootstrap, sink)
+        # What is still buffered at the end would wait for the limited budget: a short shutdown.
+        config = _config(Path(folder), bootstrap, sink, shutdown_timeout="2s")
         running = [_start(config, Path(folder) / f"log{i}") for i in range(2)]
         try:
+            deadline = time.monotonic() + 120
+            members: list[int] = []
+            while members != [4, 4]:
+                if time.monotonic() > deadline:
+                    logs = [(Path(folder) / f"log{i}").read_text()[-1500:] for i in range(2)]
+                    raise TimeoutError(f"the two processes never split the 8 partitions: {members}; {logs}")
+                time.sleep(0.5)
+                members = _assignments(bootstrap, group)
+            started_at = time.time()
             time.sleep(seconds)
             stopped_at = time.time()
         finally:
@@ -252,7 +268,7 @@ def shared_budget(
                 _stop(process)
     stats = control.stats(api)
     calls = control.calls(api)
-    first = math.ceil(calls[0][0] / window) * window + window  # after both processes joined
+    first = math.ceil(started_at / window) * window  # once both processes hold their partitions
     last = math.floor(min(calls[-1][0], stopped_at) / window) * window
     windows = max(0, int((last - first) / window))
     used = sum(1 for t, _ in calls if first <= t < first + windows * window)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -81,15 +82,19 @@ class Budget:
             self.remaining -= 1
             self.next_start = now + (self.reset_at - now) / (max(self.remaining, 0) + 1)
 
-    def learn(self, remaining: int, reset_in: float, started_since: int, now: float) -> None:
+    def learn(
+        self, remaining: int, reset_in: float, started_since: int, now: float, share: float = 1.0
+    ) -> None:
         """An answer said `remaining` requests are left and the window resets in `reset_in` seconds.
 
         `started_since` requests were started after the answered one, so the server has not counted them.
+        `share` is this process's part of the budget (replicas split it by the partitions each owns): while
+        every replica spends its part, what the API says is left times our share is what is left of ours.
         """
         self.paced = True
         self.probe_until = 0.0
         reset_at = now + max(0.0, reset_in)
-        estimate = remaining - started_since
+        estimate = math.floor(remaining * share) - started_since
         if self.remaining is None or reset_at > self.reset_at + 0.5:
             self.remaining = estimate  # a new window
         else:
@@ -108,6 +113,14 @@ class ApiWindow:
         self.started = 0  # requests started so far; a request's number tells what started after it
         self.foreground_waiting = 0  # data requests waiting for the budget, from every sharing sink
         self.background_credit = 1.0  # background starts allowed while data requests wait
+        self.shares: dict[str, float] = {}  # each sink's share of its group's partitions
+
+    @property
+    def share(self) -> float:
+        """This process's part of the API's budget: replicas of a group split it by the partitions each
+        owns (re-split on every rebalance, corrected by the headers' remaining count). Sinks of several
+        groups sharing the API: the largest of their shares."""
+        return max(self.shares.values(), default=1.0)
 
 
 class ApiWindows:
@@ -139,6 +152,10 @@ class RateLimiter:
         self.window = window or ApiWindow()
         self._waiting = 0
         self._stalled_since = 0.0
+
+    def set_share(self, sink: str, share: float) -> None:
+        """`sink` now owns this share (0..1) of its group's partitions."""
+        self.window.shares[sink] = min(1.0, max(0.0, share))
 
     def held(self) -> bool:
         """Whether requests are being held back right now (the pipeline pauses its partitions then)."""
@@ -211,7 +228,9 @@ class RateLimiter:
         remaining, reset_in = budget_of(headers, self._wall())
         if remaining is not None and reset_in is not None:
             reset_in = min(reset_in, MAX_HOLD)
-            self.window.budget.learn(remaining, reset_in, self.window.started - number, now)
+            self.window.budget.learn(
+                remaining, reset_in, self.window.started - number, now, self.window.share
+            )
         if status == 429:
             wait = retry_after(headers.get("retry-after"))
             if wait is None:

@@ -46,6 +46,9 @@ class OffsetTracker:
         self._parts[tp] = state
         return state.epoch
 
+    def assigned(self) -> list[TopicPartition]:
+        return list(self._parts)
+
     def state(self, tp: TopicPartition) -> PartitionOffsets | None:
         """The partition's bookkeeping, for the consume loop to track records without a lookup each."""
         return self._parts.get(tp)

@@ -77,6 +77,8 @@ class SinkWorker:
         self._fatal: BaseException | None = None
         self._paused: set[tuple[str, int]] = set()
         self._held_since: float | None = None  # when records began to wait for a writer schema
+        self._reshare_due = False  # a rebalance changed the partitions: recompute the budget share
+        self._partition_counts: dict[str, int] = {}
         self._commit_started: float | None = None  # when the commit in flight was started
         self._last_commit = 0.0
         self._closing = False
@@ -107,6 +109,8 @@ class SinkWorker:
                 if messages or self.task.input_held():
                     for error in self.task.put(messages, now):
                         self._consumer_error(error)
+                if self._reshare_due:
+                    self._reshare()
                 self.task.tick(now)
                 self._apply_backpressure()
                 self.commit(now)
@@ -197,6 +201,7 @@ class SinkWorker:
             self.offsets.assign((p.topic, p.partition))
         self.assigned = True
         log.info("%s: assigned %s", self.name, [f"{p.topic}[{p.partition}]" for p in partitions])
+        self._reshare_due = True
 
     def on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         self._close_partitions(partitions, commit=True)
@@ -220,6 +225,32 @@ class SinkWorker:
             except KafkaException as exc:
                 log.warning("%s: commit on revoke failed: %s", self.name, exc)
         log.info("%s: %s %s", self.name, "revoked" if commit else "lost", sorted(gone))
+        self._reshare_due = True
+
+    def _reshare(self) -> None:
+        """This sink's share of the API's rate-limit budget: the part of its topics' partitions it owns, so
+        replicas of the group split the budget without talking to each other. Called from the loop, never
+        from a rebalance callback (the client may not be called back into from one)."""
+        self._reshare_due = False
+        mine = self.offsets.assigned()
+        total = 0
+        try:
+            for topic in {topic for topic, _ in mine}:
+                if topic not in self._partition_counts:  # partition counts seldom change: asked once
+                    metadata = self.consumer.list_topics(topic, timeout=2)
+                    self._partition_counts[topic] = len(metadata.topics[topic].partitions)
+                total += self._partition_counts[topic]
+        except (KafkaException, KeyError, AttributeError):
+            return  # unknown for now: the share stays as it was (the headers still pace)
+        share = len(mine) / total if total else 1.0
+        self.task.service.rate_limiter.set_share(self.name, share)
+        log.info(
+            "%s: %d of %d partitions: %.0f%% of the API's rate-limit budget",
+            self.name,
+            len(mine),
+            total,
+            100 * share,
+        )
 
     # --- Kafka's health ------------------------------------------------------------------------------------
 

@@ -46,6 +46,16 @@ def test_pacing_uses_the_budget_without_burning_it_in_429s(kafka_bootstrap: str,
     assert result["stall_seconds"] > 0
 
 
+def test_two_replicas_split_one_tenants_budget_without_429s(kafka_bootstrap: str, sandbox_url: str) -> None:
+    from bench.scenarios import shared_budget
+
+    result = shared_budget(kafka_bootstrap, sandbox_url, seconds=24, limit=20, window=2)
+    figure(f"two replicas, one Rally UXR tenant (20 requests / 2 s): {result}")
+    assert result["whole_windows"] >= 8
+    assert result["efficiency"] >= 0.95  # each takes the part of the budget its partitions are
+    assert result["share_429"] < 0.01
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

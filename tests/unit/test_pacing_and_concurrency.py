@@ -161,3 +161,30 @@ def test_the_budget_one_sink_spends_is_the_budget_the_other_sees() -> None:
         assert first._earliest(2.5) == 5.0  # ...so this one waits for the one after it
 
     asyncio.run(go())
+
+
+def test_replicas_split_the_budget_by_the_partitions_each_owns() -> None:
+    # Two replicas, half the partitions each: each takes half of what the API says is left.
+    a, b = Budget(), Budget()
+    a.learn(remaining=19, reset_in=2.0, started_since=0, now=0.0, share=0.5)
+    b.learn(remaining=18, reset_in=2.0, started_since=0, now=0.0, share=0.5)
+    assert (a.remaining, b.remaining) == (9, 9)  # 1 + 1 started, 18 left: 20 in all, no 429
+    # Mid-window the API's count reflects both: half of it is still ours.
+    a.learn(remaining=10, reset_in=1.0, started_since=0, now=1.0, share=0.5)
+    assert a.remaining == 5
+    # The headers correct a replica that spent more than its part: never above what is really left.
+    a.learn(remaining=2, reset_in=0.5, started_since=0, now=1.5, share=0.5)
+    assert a.remaining == 1
+
+
+def test_a_window_shared_by_sinks_of_several_groups_takes_the_largest_share() -> None:
+    windows = ApiWindows()
+    m = Metrics()
+    one = RateLimiter(m.sink("one"), window=windows.get("https://api", ["t"]))
+    two = RateLimiter(m.sink("two"), window=windows.get("https://api", ["t"]))
+    assert one.window.share == 1.0  # nothing assigned yet: the whole budget
+    one.set_share("one", 0.5)
+    two.set_share("two", 0.25)
+    assert one.window.share == two.window.share == 0.5
+    one.set_share("one", 1.0)  # a rebalance gave this replica every partition
+    assert two.window.share == 1.0
