@@ -7,6 +7,7 @@ process exits 1.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -21,6 +22,10 @@ from connector.sources.source import JobSlots, PeopleAiSource
 log = logging.getLogger(__name__)
 
 STALL_LIMIT = 30.0  # seconds without a loop turn before /healthz reports the process stuck
+# The hot path allocates a dict and its strings per record and frees them by reference counting; the
+# cyclic collector's default (a young-generation pass every 700 allocations) spent ~20% of a run scanning
+# them (make bench: Avro end to end 44k -> 53-57k records/s with this). Cycles are still collected.
+GC_THRESHOLDS = (50_000, 20, 20)
 
 
 class App:
@@ -50,6 +55,7 @@ class App:
         return all(s.ready() for s in self.sinks) and all(s.ready() for s in self.sources)
 
     async def run(self) -> None:
+        gc.set_threshold(*GC_THRESHOLDS)
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         await self.health.start(self.settings.metrics_host, self.settings.metrics_port)

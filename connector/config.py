@@ -73,7 +73,7 @@ class BatchSettings:
     max_records: int | None = None  # None: the destination's cap
     max_bytes: int = 4 * 1024 * 1024
     max_wait: float = 1.0
-    max_buffered_bytes: int = 32 * 1024 * 1024  # pause partitions past this many buffered bytes
+    max_buffered_bytes: int = 6 * 1024 * 1024  # pause partitions past this many buffered bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,11 +414,14 @@ def _sink(section: _Section, index: int, base_dir: Path) -> SinkSettings:
     max_records = b.raw("max_records")
     if max_records is not None and (not isinstance(max_records, int) or max_records < 1):
         raise ConfigError(b.path("max_records"), f"must be an integer >= 1, got {max_records!r}")
+    max_bytes = b.typed("max_bytes", parse_size, 4 * 1024 * 1024)
     batch = BatchSettings(
         max_records=max_records,
-        max_bytes=b.typed("max_bytes", parse_size, 4 * 1024 * 1024),
+        max_bytes=max_bytes,
         max_wait=b.typed("max_wait", parse_duration, 1.0),
-        max_buffered_bytes=b.typed("max_buffered_bytes", parse_size, 32 * 1024 * 1024),
+        # 6 MiB of record values is about 45 MiB as Python objects (200-byte records): with librdkafka's
+        # prefetch sized from it, one sink stays under 150 MiB whatever the backlog.
+        max_buffered_bytes=b.typed("max_buffered_bytes", parse_size, max(6 * 1024 * 1024, max_bytes)),
     )
     b.finish()
     if batch.max_buffered_bytes < batch.max_bytes:

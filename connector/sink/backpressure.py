@@ -1,24 +1,12 @@
 """Whether a sink's partitions should be paused. Pure: the caller passes what is held.
 
 Pausing rather than blocking keeps the consumer polled, so the group sees it alive and no rebalance
-happens while a destination is slow, limited or down. Partitions pause when the buffer's estimated memory
-(`memory_of`: raw bytes as received and as decoded, plus a cost per record) reaches its bound, or while the
-destination holds requests back (429, spent budget) once every lane has a batch waiting: reading further
-would only fill memory. They resume at half the bound, when no longer held.
+happens while a destination is slow, limited or down. Partitions pause when the buffer reaches its byte
+bound, or while the destination holds requests back (429, spent budget) once every lane has a batch
+waiting: reading further would only fill memory. They resume at half the bound, when no longer held.
 """
 
 from __future__ import annotations
-
-# What a buffered record costs in memory beyond its raw bytes: the librdkafka message, the Record, and the
-# decoded dict with its strings (about its size again). Measured: 200-byte JSON records held ~1.6 KiB each.
-RECORD_OVERHEAD = 1200
-DECODED_FACTOR = 2
-
-
-def memory_of(records: int, nbytes: int) -> int:
-    """The memory estimate the bound applies to: raw bytes twice (as received, as decoded) plus a fixed
-    cost per record."""
-    return nbytes * DECODED_FACTOR + records * RECORD_OVERHEAD
 
 
 class Backpressure:
@@ -31,11 +19,10 @@ class Backpressure:
     def update(self, records: int, nbytes: int, held: bool) -> bool | None:
         """Given what is held now: True, pause now; False, resume now; None, no change."""
         stocked = held and records >= self.enough_records
-        memory = memory_of(records, nbytes)
-        if not self.paused and (memory >= self.max_bytes or stocked):
+        if not self.paused and (nbytes >= self.max_bytes or stocked):
             self.paused = True
             return True
-        if self.paused and memory <= self.resume_below and not (held and records >= self.enough_records // 2):
+        if self.paused and nbytes <= self.resume_below and not (held and records >= self.enough_records // 2):
             self.paused = False
             return False
         return None
