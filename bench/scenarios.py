@@ -3,10 +3,10 @@ backlog waiting, scale-out as a consumer group, and latency under a steady load.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -14,54 +14,35 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import yaml
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from connector.sandbox.control import SandboxClient
 from connector.sandbox.events import Event, produce, uxr_activity
-from connector.sandbox.harness import drained
+from connector.sandbox.harness import ConnectorProcess, drained
 from connector.sandbox.kafka_broker import create_topic
 
 BULK = "http.bulk"
 
 
-def _config(folder: Path, bootstrap: str, sink: dict[str, Any], shutdown_timeout: str = "30s") -> Path:
-    path = folder / f"{sink['name']}.yaml"
+def _connector(
+    folder: Path, bootstrap: str, sink: dict[str, Any], shutdown_timeout: str = "30s"
+) -> ConnectorProcess:
     doc = {
         "kafka": {"bootstrap.servers": bootstrap},
         "metrics": {"listen": "127.0.0.1:0"},
         "shutdown_timeout": shutdown_timeout,
         "sinks": [sink],
     }
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    return ConnectorProcess(doc, folder)
 
 
-def _start(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "connector", "run", "-c", str(config)],
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
+def _stop(connector: ConnectorProcess) -> None:
+    with contextlib.suppress(subprocess.TimeoutExpired):  # killed past 30 s
+        connector.stop(30)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
-
-
-def _rss_mib(pid: int) -> tuple[float, float]:
-    """(current, peak) resident set of a process, MiB."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        fields[name] = value
-    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+MIB = 1024 * 1024
 
 
 def _bulk_sink(name: str, topic: str, sandbox_url: str, **extra: Any) -> dict[str, Any]:
@@ -91,18 +72,16 @@ def peak_memory(bootstrap: str, sandbox_url: str, records: int) -> dict[str, Any
     produce(bootstrap, topic, (Event(str(i).encode(), orjson.dumps(uxr_activity(i))) for i in range(records)))
     control.configure(BULK, outage_until=time.time() + 30)
     with tempfile.TemporaryDirectory() as folder:
-        config = _config(Path(folder), bootstrap, _bulk_sink("memory", topic, sandbox_url))
-        process = _start(config, Path(folder) / "log")
+        connector = _connector(Path(folder), bootstrap, _bulk_sink("memory", topic, sandbox_url)).start()
         peak = start_rss = 0.0
         try:
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and process.poll() is None:
-                rss, hwm = _rss_mib(process.pid)
-                start_rss = start_rss or rss
-                peak = max(peak, hwm)
+            while time.monotonic() < deadline and connector.alive():
+                start_rss = start_rss or connector.rss_bytes() / MIB
+                peak = max(peak, connector.peak_rss_bytes() / MIB)
                 time.sleep(0.2)
         finally:
-            _stop(process)
+            _stop(connector)
     return {"records_waiting": records, "peak_rss_mb": round(peak, 1), "first_rss_mb": round(start_rss, 1)}
 
 
@@ -128,8 +107,7 @@ def scale_out(bootstrap: str, sandbox_url: str, records: int) -> dict[str, Any]:
         create_topic(bootstrap, topic, 8)
         with tempfile.TemporaryDirectory() as folder:
             sink = _bulk_sink("scale", topic, sandbox_url)
-            config = _config(Path(folder), bootstrap, sink)
-            running = [_start(config, Path(folder) / f"log{i}") for i in range(processes)]
+            running = [_connector(Path(folder), bootstrap, sink).start() for _ in range(processes)]
             try:
                 deadline = time.monotonic() + 120
                 members: list[int] = []
@@ -179,7 +157,7 @@ def latency(bootstrap: str, sandbox_url: str, rate: int = 1000, seconds: float =
     sink = _bulk_sink("latency", topic, sandbox_url, batch={"max_wait": f"{max_wait_ms}ms"})
     total = int(rate * seconds)
     with tempfile.TemporaryDirectory() as folder:
-        process = _start(_config(Path(folder), bootstrap, sink), Path(folder) / "log")
+        process = _connector(Path(folder), bootstrap, sink).start()
         try:
             time.sleep(3)  # joined its group
             producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "acks": "all"})
@@ -249,14 +227,13 @@ def shared_budget(
     }
     with tempfile.TemporaryDirectory() as folder:
         # What is still buffered at the end would wait for the limited budget: a short shutdown.
-        config = _config(Path(folder), bootstrap, sink, shutdown_timeout="2s")
-        running = [_start(config, Path(folder) / f"log{i}") for i in range(2)]
+        running = [_connector(Path(folder), bootstrap, sink, shutdown_timeout="2s").start() for _ in range(2)]
         try:
             deadline = time.monotonic() + 120
             members: list[int] = []
             while members != [4, 4]:
                 if time.monotonic() > deadline:
-                    logs = [(Path(folder) / f"log{i}").read_text()[-1500:] for i in range(2)]
+                    logs = [process.log()[-1500:] for process in running]
                     raise TimeoutError(f"the two processes never split the 8 partitions: {members}; {logs}")
                 time.sleep(0.5)
                 members = _assignments(bootstrap, group)

@@ -427,24 +427,7 @@ def _sink(section: _Section, index: int, base_dir: Path) -> SinkSettings:
     if batch.max_buffered_bytes < batch.max_bytes:
         raise ConfigError(b.path("max_buffered_bytes"), "must be at least batch.max_bytes")
 
-    d = section.section("delivery")
-    r = d.section("retry")
-    retry = RetrySettings(
-        max_attempts=r.integer("max_attempts", 10),
-        initial_backoff=r.typed("initial_backoff", parse_duration, 0.5),
-        max_backoff=r.typed("max_backoff", parse_duration, 60.0),
-    )
-    r.finish()
-    rl = d.section("rate_limit")
-    rps = rl.typed("requests_per_second", float, 0.0) or None
-    rl.finish()
-    delivery = DeliverySettings(
-        concurrency=d.integer("concurrency", 4),
-        timeout=d.typed("timeout", parse_duration, 30.0),
-        retry=retry,
-        requests_per_second=rps,
-    )
-    d.finish()
+    delivery = _delivery(section.section("delivery"), timeout=30.0)
 
     dl = section.section("dead_letter")
     dead_letter_topic = dl.string("topic", f"{name}.dlq")
@@ -475,6 +458,28 @@ def _sink(section: _Section, index: int, base_dir: Path) -> SinkSettings:
     )
 
 
+def _delivery(d: _Section, timeout: float) -> DeliverySettings:
+    """A `delivery:` section (sinks and sources): timeout, retry, rate limit, concurrency."""
+    r = d.section("retry")
+    retry = RetrySettings(
+        max_attempts=r.integer("max_attempts", 10),
+        initial_backoff=r.typed("initial_backoff", parse_duration, 0.5),
+        max_backoff=r.typed("max_backoff", parse_duration, 60.0),
+    )
+    r.finish()
+    rl = d.section("rate_limit")
+    rps = rl.typed("requests_per_second", float, 0.0) or None
+    rl.finish()
+    delivery = DeliverySettings(
+        concurrency=d.integer("concurrency", 4),
+        timeout=d.typed("timeout", parse_duration, timeout),
+        retry=retry,
+        requests_per_second=rps,
+    )
+    d.finish()
+    return delivery
+
+
 SNAPSHOT_MAX_DAYS = 365  # People.ai: the longest snapshot export
 
 
@@ -503,24 +508,8 @@ def _source(section: _Section) -> SourceSettings:
     if days < 1 or days > SNAPSHOT_MAX_DAYS or window % 86400:
         raise ConfigError(section.path("snapshot_window"), f"must be whole days, 1d to {SNAPSHOT_MAX_DAYS}d")
     d = section.section("delivery")
-    r = d.section("retry")
-    retry = RetrySettings(
-        max_attempts=r.integer("max_attempts", 10),
-        initial_backoff=r.typed("initial_backoff", parse_duration, 0.5),
-        max_backoff=r.typed("max_backoff", parse_duration, 60.0),
-    )
-    r.finish()
-    rl = d.section("rate_limit")
-    rps = rl.typed("requests_per_second", float, 0.0) or None
-    rl.finish()
-    delivery = DeliverySettings(
-        concurrency=d.integer("concurrency", 4),
-        timeout=d.typed("timeout", parse_duration, 60.0),
-        retry=retry,
-        requests_per_second=rps,
-    )
-    d.finish()
-    if retry.initial_backoff < 0.01:
+    delivery = _delivery(d, timeout=60.0)
+    if delivery.retry.initial_backoff < 0.01:
         raise ConfigError(d.path("retry.initial_backoff"), "must be at least 10ms (failures must not loop)")
     interval = section.typed("interval", parse_duration, 3600.0)
     if interval < 1.0:

@@ -111,17 +111,28 @@ class ConnectorProcess:
         return self.process is not None and self.process.poll() is None
 
     def rss_bytes(self) -> int:
+        """The process's resident set now."""
+        return self._memory()["VmRSS"]
+
+    def peak_rss_bytes(self) -> int:
+        """The most the process's resident set has been (the kernel's high-water mark)."""
+        return self._memory()["VmHWM"]
+
+    def _memory(self) -> dict[str, int]:
         assert self.process is not None
+        fields = {}
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS")
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                fields[name] = int(value.split()[0]) * 1024
+        return fields
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout: float = 60.0) -> int:
-        """SIGTERM, as Kubernetes would; returns the exit status."""
+        """SIGTERM, as Kubernetes would; returns the exit status. Past `timeout` it is killed, and
+        subprocess.TimeoutExpired raised."""
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
         try:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import orjson
 
+from connector.codec import DecodeError
+from connector.codec.json import JsonDecoder
 from connector.sources.cursor import Window, day_of, epoch_ms
 
 JOBS = "/pull/v1/export/activities/jobs"
@@ -117,13 +119,14 @@ class BadLine(ValueError):
     """A line that is not a JSON object with a string uid: dead-lettered (decode_error)."""
 
 
+_JSON = JsonDecoder()
+
+
 def read_line(line: bytes) -> Activity:
     try:
-        data = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        raise BadLine(f"not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadLine(f"a JSON {type(data).__name__}, not an object")
+        data = _JSON.decode(line)  # a JSON object, as a sink's `format: json` takes a record value
+    except DecodeError as exc:
+        raise BadLine(str(exc)) from None
     uid = data.get("uid")
     if not isinstance(uid, str) or not uid:
         raise BadLine("an activity without a uid")

@@ -42,14 +42,24 @@ def uxr_settings(bootstrap: str, sandbox_url: str, topic: str, **sink: Any) -> S
     return parse_settings(doc, env={})
 
 
-def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 30.0) -> list[Message]:
-    """Every message of a topic; waits for `expected` messages, then a little more to catch extras."""
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    expected: int,
+    timeout: float = 30.0,
+    *,
+    committed_only: bool = False,
+    settle: float = 1.0,
+) -> list[Message]:
+    """Every message of a topic; waits for `expected` messages, then `settle` seconds more to catch extras.
+    `committed_only`: only messages of committed transactions (isolation.level read_committed)."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": f"reader-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
+            "isolation.level": "read_committed" if committed_only else "read_uncommitted",
         }
     )
     consumer.subscribe([topic])
@@ -61,7 +71,7 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 30.0)
             if m.error() is None:
                 messages.append(m)
         if len(messages) >= expected:
-            settle_until = settle_until or time.monotonic() + 1.0
+            settle_until = settle_until or time.monotonic() + settle
             if time.monotonic() >= settle_until:
                 break
     consumer.close()

@@ -2,36 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
 from pathlib import Path
 
 import pytest
-import yaml
 
 from connector.sandbox.control import SandboxClient
 from connector.sandbox.events import json_events, produce, uxr_activity
-from connector.sandbox.harness import drained
+from connector.sandbox.harness import ConnectorProcess, drained
 from connector.sandbox.kafka_broker import committed_offsets, create_topic, end_offsets
 from tests.integration.support import API, figure
 
 pytestmark = pytest.mark.integration
 
 RECORDS = 20_000
-
-
-def _start(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "connector", "run", "-c", str(config)],
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "SANDBOX_TOKEN": "sandbox-token"},
-    )
 
 
 def test_sigkill_mid_run_then_restart_loses_nothing(
@@ -44,54 +30,45 @@ def test_sigkill_mid_run_then_restart_loses_nothing(
     # Slow the API down so the kill lands mid-run.
     sandbox.configure(API, latency_ms=250)
     group = f"crash.{uuid.uuid4().hex[:8]}"
-    config = tmp_path / "connector.yaml"
-    config.write_text(
-        yaml.safe_dump(
+    config = {
+        "kafka": {"bootstrap.servers": kafka_bootstrap},
+        "metrics": {"listen": "127.0.0.1:0"},
+        "sinks": [
             {
-                "kafka": {"bootstrap.servers": kafka_bootstrap},
-                "metrics": {"listen": "127.0.0.1:0"},
-                "sinks": [
-                    {
-                        "name": "uxr",
-                        "topics": [topic],
-                        "group_id": group,
-                        "destination": {
-                            "type": API,
-                            "url": f"{sandbox_url}/rally-uxr/api/public/v1",
-                            "auth": {"type": "bearer", "token": "${SANDBOX_TOKEN}"},
-                        },
-                        "batch": {"max_records": 250, "max_wait": "100ms"},
-                        "dead_letter": {"topic": f"{topic}.dlq"},
-                    }
-                ],
+                "name": "uxr",
+                "topics": [topic],
+                "group_id": group,
+                "destination": {
+                    "type": API,
+                    "url": f"{sandbox_url}/rally-uxr/api/public/v1",
+                    "auth": {"type": "bearer", "token": "${SANDBOX_TOKEN}"},
+                },
+                "batch": {"max_records": 250, "max_wait": "100ms"},
+                "dead_letter": {"topic": f"{topic}.dlq"},
             }
-        )
-    )
-    log = tmp_path / "connector.log"
-    first = _start(config, log)
+        ],
+    }
+    connector = ConnectorProcess(config, tmp_path, env={"SANDBOX_TOKEN": "sandbox-token"}).start()
     deadline = time.monotonic() + 120
     while sandbox.stats(API)["accepted"] < RECORDS // 2:
-        assert first.poll() is None, log.read_text()[-3000:]
+        assert connector.alive(), connector.log()[-3000:]
         assert time.monotonic() < deadline, "the connector made no progress"
         time.sleep(0.05)
-    first.send_signal(signal.SIGKILL)
-    first.wait(10)
+    connector.kill()
     at_kill = sandbox.stats(API)["accepted"]
     assert at_kill < RECORDS, "the kill came too late to test anything"
 
     sandbox.configure(API, latency_ms=0)
-    second = _start(config, log)
+    connector.start()  # the same configuration, as a restarted pod would
     try:
         deadline = time.monotonic() + 180
         while not drained(kafka_bootstrap, group, [topic]):
-            assert second.poll() is None, log.read_text()[-3000:]
+            assert connector.alive(), connector.log()[-3000:]
             assert time.monotonic() < deadline, "not drained after the restart"
             time.sleep(0.5)
-        second.send_signal(signal.SIGTERM)
-        assert second.wait(60) == 0, log.read_text()[-3000:]
+        assert connector.stop() == 0, connector.log()[-3000:]
     finally:
-        if second.poll() is None:
-            second.kill()
+        connector.kill()
 
     seqs = Counter(int(a["participantId"].removeprefix("seq-")) for a in sandbox.accepted(API))
     missing = set(range(RECORDS)) - set(seqs)

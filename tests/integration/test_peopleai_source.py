@@ -3,24 +3,23 @@ every activity exactly once for a read_committed consumer, through three SIGKILL
 
 from __future__ import annotations
 
-import os
+import contextlib
 import random
-import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
-import yaml
-from confluent_kafka import Consumer, Message
+from confluent_kafka import Message
 
 from connector.sandbox.control import SandboxClient
-from tests.integration.support import figure, headers_of
+from connector.sandbox.harness import ConnectorProcess
+from tests.integration.support import figure, headers_of, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -28,70 +27,33 @@ API = "peopleai.activities"
 
 
 def read_committed(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list[Message]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        }
-    )
-    consumer.subscribe([topic])
-    messages: list[Message] = []
-    deadline = time.monotonic() + timeout
-    settle_until = None
-    while time.monotonic() < deadline:
-        for m in consumer.consume(500, 0.2):
-            if m.error() is None:
-                messages.append(m)
-        if len(messages) >= expected:
-            settle_until = settle_until or time.monotonic() + 2.0
-            if time.monotonic() >= settle_until:
-                break
-    consumer.close()
-    return messages
+    return read_topic(bootstrap, topic, expected, timeout, committed_only=True, settle=2.0)
 
 
-def _config(tmp_path: Path, bootstrap: str, sandbox_url: str, start: str, suffix: str) -> Path:
-    config = tmp_path / "connector.yaml"
-    config.write_text(
-        yaml.safe_dump(
+def _config(bootstrap: str, sandbox_url: str, start: str, suffix: str) -> dict[str, Any]:
+    return {
+        "kafka": {"bootstrap.servers": bootstrap},
+        "metrics": {"listen": "127.0.0.1:0"},
+        "sources": [
             {
-                "kafka": {"bootstrap.servers": bootstrap},
-                "metrics": {"listen": "127.0.0.1:0"},
-                "sources": [
-                    {
-                        "name": f"peopleai-{suffix}",
-                        "type": API,
-                        "url": f"{sandbox_url}/peopleai",
-                        "auth": {
-                            "type": "oauth2_client_credentials",
-                            "token_url": f"{sandbox_url}/peopleai/auth/v1/tokens",
-                            "client_id": "sandbox-client",
-                            "client_secret": "${PEOPLEAI_SECRET}",
-                        },
-                        "start_date": start,
-                        "snapshot_window": "20d",
-                        "interval": "1s",
-                        "topic": f"it.peopleai.{suffix}",
-                        "state_topic": f"it.peopleai.state.{suffix}",
-                        "delivery": {"retry": {"initial_backoff": "100ms", "max_backoff": "1s"}},
-                    }
-                ],
+                "name": f"peopleai-{suffix}",
+                "type": API,
+                "url": f"{sandbox_url}/peopleai",
+                "auth": {
+                    "type": "oauth2_client_credentials",
+                    "token_url": f"{sandbox_url}/peopleai/auth/v1/tokens",
+                    "client_id": "sandbox-client",
+                    "client_secret": "${PEOPLEAI_SECRET}",
+                },
+                "start_date": start,
+                "snapshot_window": "20d",
+                "interval": "1s",
+                "topic": f"it.peopleai.{suffix}",
+                "state_topic": f"it.peopleai.state.{suffix}",
+                "delivery": {"retry": {"initial_backoff": "100ms", "max_backoff": "1s"}},
             }
-        )
-    )
-    return config
-
-
-def _start(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "connector", "run", "-c", str(config)],
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PEOPLEAI_SECRET": "sandbox-secret"},
-    )
+        ],
+    }
 
 
 def _wait_for_jobs(sandbox: SandboxClient, completed: int, timeout: float = 90.0) -> None:
@@ -122,9 +84,8 @@ def test_snapshot_then_two_deltas_exactly_once_through_three_sigkills(
         rate_limit={"mode": "fixed_window", "limit": 3, "window_seconds": 1},
     )
     suffix = uuid.uuid4().hex[:8]
-    config = _config(tmp_path, kafka_bootstrap, sandbox_url, start.isoformat(), suffix)
-    log = tmp_path / "connector.log"
-    process = _start(config, log)
+    config = _config(kafka_bootstrap, sandbox_url, start.isoformat(), suffix)
+    connector = ConnectorProcess(config, tmp_path, env={"PEOPLEAI_SECRET": "sandbox-secret"}).start()
     try:
         kills = []
         for _ in range(3):
@@ -134,10 +95,9 @@ def test_snapshot_then_two_deltas_exactly_once_through_three_sigkills(
             while sandbox.stats(API)["downloads"] == before and time.monotonic() < deadline:
                 time.sleep(0.05)
             time.sleep(rng.uniform(0.1, 1.2))
-            process.send_signal(signal.SIGKILL)
-            process.wait(10)
+            connector.kill()
             kills.append(sandbox.stats(API)["downloads"])
-            process = _start(config, log)
+            connector.start()
         _wait_for_jobs(sandbox, 4)  # three snapshot windows (60 days in 20-day windows) and a delta
         delta_1 = set(sandbox.add_activities(200, today.isoformat()))
         time.sleep(4)
@@ -146,17 +106,14 @@ def test_snapshot_then_two_deltas_exactly_once_through_three_sigkills(
         topic = f"it.peopleai.{suffix}"
         messages = read_committed(kafka_bootstrap, topic, len(expected), timeout=120)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            connector.stop(30)
     keys = Counter(m.key().decode() for m in messages)  # type: ignore[union-attr]
     repeated = {k: n for k, n in keys.items() if n > 1}
     assert not repeated, f"produced more than once: {list(repeated.items())[:5]}"
     assert set(keys) == expected, (
         f"missing {len(expected - set(keys))}, unexpected {len(set(keys) - expected)}; "
-        f"log: {log.read_text()[-3000:]}"
+        f"log: {connector.log()[-3000:]}"
     )
     assert not set(keys) & early
     for m in messages[:50]:

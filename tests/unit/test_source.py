@@ -73,8 +73,8 @@ def test_cursor_round_trips_through_its_state_messages() -> None:
 @pytest.mark.parametrize(
     ("line", "problem"),
     [
-        (b"not json", "not JSON"),
-        (b"[1, 2]", "a JSON list"),
+        (b"not json", "invalid JSON"),
+        (b"[1, 2]", "expected a JSON object, got list"),
         (b'{"type": "email"}', "without a uid"),
         (b'{"uid": 7}', "without a uid"),
     ],
