@@ -66,6 +66,9 @@ UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
 MISSING_STATUSES = frozenset({404, 405, 501})
 
 
+_READ = httpx.ByteStream(b"")  # what a read response's stream is replaced by
+
+
 def _unavailable(status: int | None) -> bool:
     return status is None or status in UNAVAILABLE_STATUSES
 
@@ -413,6 +416,10 @@ class DeliveryService:
                 headers={"Content-Type": request.content_type},
             )
             answer = _Answer(response.status_code, mask(response.content, self._secrets), response.headers)
+            # httpx's response and its stream refer to each other, and the response holds the request and
+            # its body: only the cyclic collector (run seldom here: connector.app) would free that body.
+            # Breaking the cycle frees it as soon as the send is done.
+            response.stream = _READ
         except httpx.TimeoutException:
             answer = _Answer(None, b"", None, "timeout")
         except httpx.TransportError as exc:

@@ -32,10 +32,12 @@ kafka_log = logging.getLogger(KAFKA_LOGGER)  # repeated identical lines collapse
 
 CONSUME_MAX = 500  # messages handed over per consume() call
 IDLE_SLEEP = 0.01  # seconds to yield when Kafka had nothing for us
-# Records waiting for a writer schema: stop taking messages, and pause the partitions only if the wait goes
-# on this long. A fetch is quick; pausing purges librdkafka's prefetched messages, which are then fetched
-# again (a pause at start cost the whole run ~15% of its throughput), and not consuming for long would
-# delay rebalance callbacks.
+# A full buffer (or records waiting for a writer schema) stops intake: no more messages are taken, and the
+# partitions pause only if that goes on this long. Under full load the buffer touches its bound and drains
+# again in a fraction of a second; a pause each time purged librdkafka's prefetched messages, which were
+# then fetched again (it cost ~30% of the throughput, and a pause at start for a schema ~15%). Memory stays
+# bounded meanwhile: librdkafka's own queue is bounded (kafka.fetch_bounds). Not consuming for long would
+# delay rebalance callbacks, hence the pause when the stop lasts (an outage, a registry down).
 HOLD_BEFORE_PAUSE = 2.0
 COMMIT_MIN_INTERVAL = 0.05  # seconds between commits: coalesces the watermark's many small moves
 COMMIT_STUCK = 15.0  # a commit with no callback after this long is taken as failed
@@ -76,7 +78,7 @@ class SinkWorker:
         self.connected = True  # until librdkafka says otherwise
         self._fatal: BaseException | None = None
         self._paused: set[tuple[str, int]] = set()
-        self._held_since: float | None = None  # when records began to wait for a writer schema
+        self._stopped_since: float | None = None  # when intake stopped (buffer full, or a schema awaited)
         self._reshare_due = False  # a rebalance changed the partitions: recompute the budget share
         self._partition_counts: dict[str, int] = {}
         self._commit_started: float | None = None  # when the commit in flight was started
@@ -286,33 +288,39 @@ class SinkWorker:
     # --- backpressure, gauges, shutdown --------------------------------------------------------------------
 
     def _holding(self) -> bool:
-        """Records wait for a writer schema, briefly: take no more messages (later, partitions pause)."""
-        return self._held_since is not None and self._clock() - self._held_since < HOLD_BEFORE_PAUSE
+        """Intake stopped a moment ago: take no more messages (if it lasts, the partitions pause)."""
+        since = self._stopped_since
+        return since is not None and self._clock() - since < HOLD_BEFORE_PAUSE
 
     def _apply_backpressure(self) -> None:
+        """Stop intake while the buffer is full, held back by the API, or waiting for a writer schema;
+        pause the partitions once that has lasted HOLD_BEFORE_PAUSE; resume when it ends."""
         bp = self.backpressure
         records, nbytes = self.task.buffered()
         held = self.task.service.rate_limiter.held()
         if self.task.input_held():
-            now = self._clock()
-            self._held_since = self._held_since or now
-            if now - self._held_since >= HOLD_BEFORE_PAUSE:
-                nbytes = max(nbytes, bp.max_bytes)  # records wait for a writer schema: read no further
-        else:
-            self._held_since = None
+            nbytes = max(nbytes, bp.max_bytes)  # records wait for a writer schema: read no further
         change = bp.update(records, nbytes, held)
+        now = self._clock()
         if change is True:
-            log.info("%s: pausing partitions (%d bytes buffered, held back: %s)", self.name, nbytes, held)
+            self._stopped_since = now
+            log.debug("%s: intake stopped (%d bytes buffered, held back: %s)", self.name, nbytes, held)
         elif change is False:
+            self._stopped_since = None
             if self._paused:
                 self.consumer.resume([TopicPartition(t, p) for t, p in self._paused])
                 self._paused.clear()
-            self.m.paused.set(0)
-            log.info("%s: resuming partitions", self.name)
-        if bp.paused:
-            # Also pause partitions assigned while paused.
+                self.m.paused.set(0)
+                log.info("%s: resuming partitions", self.name)
+        if bp.paused and not self._holding():
+            # The stop lasts: pause, so consume() serves callbacks again without taking messages; also
+            # pauses partitions assigned while paused.
             newly = set(self.offsets.partitions()) - self._paused
             if newly:
+                if not self._paused:
+                    log.info(
+                        "%s: pausing partitions (%d bytes buffered, held back: %s)", self.name, nbytes, held
+                    )
                 self.consumer.pause([TopicPartition(t, p) for t, p in newly])
                 self._paused |= newly
                 self.m.paused.set(len(self._paused))

@@ -135,3 +135,29 @@ def test_outage_probes_once_a_second_without_burning_attempts_and_resumes_at_onc
     assert 4 <= len(during) <= 4 + 4
     assert after[0] - outage_ends < 1.2  # the prober notices the API's return within a probe interval
     assert after[-1] - after[0] < 0.5  # and the waiting batches go at once, not after their backoff
+
+
+def test_a_sent_body_is_freed_without_the_cyclic_collector() -> None:
+    """The process runs the cyclic GC seldom (connector.app): a request body that only it could free (httpx's
+    response and stream refer to each other, and the response holds the request) piled up, one per request.
+    """
+    import gc
+    import weakref
+
+    batch = [record(activity(f"p{i}"), i) for i in range(50)]
+    bodies: list[weakref.ref[httpx.Request]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(weakref.ref(request))
+        return _accepted()
+
+    gc.disable()
+    try:
+        for _ in range(3):
+            result, _ = _run(handler, batch)
+            assert len(result.delivered) == 50
+        assert len(bodies) == 3
+        alive = [ref for ref in bodies if ref() is not None]
+    finally:
+        gc.enable()
+    assert alive == [], f"{len(alive)} of 3 requests (and their bodies) wait for the cyclic collector"
