@@ -163,6 +163,7 @@ REGISTRY_KEYS = (
     "ssl.ca.location",
     "ssl.certificate.location",
     "ssl.key.location",
+    "ssl.key.password",
 )
 
 # librdkafka properties the connector sets itself: at-least-once and its metrics depend on them.

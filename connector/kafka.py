@@ -51,7 +51,12 @@ def consumer_config(
 ) -> dict[str, Any]:
     """A sink's consumer. With `buffer_bytes` (the sink's memory bound), librdkafka's prefetch is sized
     from it, unless the user set those properties: what waits in librdkafka is bounded too."""
-    derived = fetch_bounds(buffer_bytes) if buffer_bytes is not None else {}
+    derived = {}
+    if buffer_bytes is not None:
+        chosen = {**kafka, **overrides}
+        derived = {
+            k: v for k, v in fetch_bounds(buffer_bytes, _message_max(chosen)).items() if k not in chosen
+        }
     return {
         **CONSUMER_DEFAULTS,
         **derived,
@@ -63,17 +68,29 @@ def consumer_config(
     }
 
 
-def fetch_bounds(buffer_bytes: int) -> dict[str, Any]:
+QUEUE_MAX_KIB = 2097151  # librdkafka's largest queued.max.messages.kbytes
+MESSAGE_MAX_DEFAULT = 1000000  # librdkafka's message.max.bytes
+
+
+def fetch_bounds(buffer_bytes: int, message_max: int = MESSAGE_MAX_DEFAULT) -> dict[str, Any]:
     """librdkafka's prefetch queue at a quarter of the sink's buffer bound (at least 1 MiB), and fetch
-    responses no larger than that queue."""
-    queue_kib = max(1024, buffer_bytes // 4 // 1024)
+    responses no larger than that queue, nor smaller than `message.max.bytes` (librdkafka refuses that)."""
+    queue_kib = min(QUEUE_MAX_KIB, max(1024, buffer_bytes // 4 // 1024))
     return {
         "queued.max.messages.kbytes": queue_kib,
-        "fetch.max.bytes": max(queue_kib * 1024, 1048576),
+        "fetch.max.bytes": max(queue_kib * 1024, 1048576, message_max),
         # A queue this small fills often: refetch as soon as it has room, not after librdkafka's default
         # 1 s backoff (which halved JSON throughput in make bench).
         "fetch.queue.backoff.ms": 10,
     }
+
+
+def _message_max(props: Mapping[str, Any]) -> int:
+    """The user's message.max.bytes (the dead-letter producer may need it raised), else librdkafka's."""
+    try:
+        return int(props.get("message.max.bytes", MESSAGE_MAX_DEFAULT))
+    except (TypeError, ValueError):
+        return MESSAGE_MAX_DEFAULT  # librdkafka names the bad value when it builds the client
 
 
 # Consumer properties a user may set under `kafka:` for every sink (e.g. static membership from the pod
@@ -147,7 +164,10 @@ def validate_clients(settings: Settings) -> None:
     for i, sink in enumerate(settings.sinks):
         where = {"kafka": settings.kafka, f"sinks[{i}].consumer": sink.consumer}
         try:
-            Consumer({**consumer_config(settings.kafka, sink.group_id, sink.consumer), **quiet}).close()
+            config = consumer_config(
+                settings.kafka, sink.group_id, sink.consumer, sink.batch.max_buffered_bytes
+            )
+            Consumer({**config, **quiet}).close()
             Producer({**producer_config(settings.kafka), **quiet}).flush(0)
         except KafkaException as exc:
             raise config_error(exc, where) from None

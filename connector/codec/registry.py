@@ -2,7 +2,8 @@
 event loop, each once (ids are immutable), with schema references resolved.
 
 `schema_registry:` takes the Confluent client's property names: `url`, `basic.auth.user.info`
-(USER:PASSWORD), `bearer.auth.token`, `ssl.ca.location`, `ssl.certificate.location`, `ssl.key.location`.
+(USER:PASSWORD), `bearer.auth.token`, `ssl.ca.location`, `ssl.certificate.location`, `ssl.key.location`,
+`ssl.key.password` (for an encrypted key).
 Errors: SchemaNotFound (the id is not in the registry: the record is a decode_error), RegistryError (no
 answer, 5xx: the records wait, nothing is dead-lettered), RegistryAuthError (401/403: fatal).
 """
@@ -49,6 +50,9 @@ class SchemaRegistry:
         if token:
             headers["Authorization"] = f"Bearer {token}"
             self.secrets.append(token)
+        key_password = properties.get("ssl.key.password")
+        if key_password:
+            self.secrets.append(key_password)
         self.secrets = [secret for secret in self.secrets if len(secret) >= 4]
         self._client = httpx.AsyncClient(
             base_url=self.url, headers=headers, auth=auth, timeout=timeout, verify=_tls(properties)
@@ -116,9 +120,12 @@ def _tls(properties: Mapping[str, str]) -> ssl.SSLContext:
     try:
         context = ssl.create_default_context(cafile=ca) if ca else ssl.create_default_context()
         if cert and key:
-            context.load_cert_chain(cert, key)
+            # Always a password (empty if none is given): without one, OpenSSL would prompt for it on the
+            # terminal and the start would hang there.
+            context.load_cert_chain(cert, key, password=properties.get("ssl.key.password", ""))
     except (OSError, ssl.SSLError) as exc:
-        raise RegistryAuthError(f"schema_registry: cannot load ssl.* files: {exc}") from None
+        hint = "" if "ssl.key.password" in properties else " (an encrypted key needs ssl.key.password)"
+        raise RegistryAuthError(f"schema_registry: cannot load ssl.* files: {exc}{hint}") from None
     return context
 
 

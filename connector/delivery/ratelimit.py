@@ -113,14 +113,17 @@ class ApiWindow:
         self.started = 0  # requests started so far; a request's number tells what started after it
         self.foreground_waiting = 0  # data requests waiting for the budget, from every sharing sink
         self.background_credit = 1.0  # background starts allowed while data requests wait
-        self.shares: dict[str, float] = {}  # each sink's share of its group's partitions
+        self.partitions: dict[str, tuple[int, int]] = {}  # per sink: (partitions owned, of how many)
 
     @property
     def share(self) -> float:
-        """This process's part of the API's budget: replicas of a group split it by the partitions each
-        owns (re-split on every rebalance, corrected by the headers' remaining count). Sinks of several
-        groups sharing the API: the largest of their shares."""
-        return max(self.shares.values(), default=1.0)
+        """This process's part of the API's budget: replicas split it by the partitions each owns (re-split
+        on every rebalance, corrected by the headers' remaining count). With several sinks on the API, the
+        partitions of all of them are counted together, so the replicas' shares add up to 1 whatever the
+        mix of topics each got. Before any assignment: the whole budget."""
+        owned = sum(mine for mine, _ in self.partitions.values())
+        total = sum(of for _, of in self.partitions.values())
+        return owned / total if total else 1.0
 
 
 class ApiWindows:
@@ -153,9 +156,9 @@ class RateLimiter:
         self._waiting = 0
         self._stalled_since = 0.0
 
-    def set_share(self, sink: str, share: float) -> None:
-        """`sink` now owns this share (0..1) of its group's partitions."""
-        self.window.shares[sink] = min(1.0, max(0.0, share))
+    def set_partitions(self, sink: str, owned: int, total: int) -> None:
+        """`sink` now owns `owned` of the `total` partitions of the topics it reads."""
+        self.window.partitions[sink] = (max(0, min(owned, total)), max(0, total))
 
     def held(self) -> bool:
         """Whether requests are being held back right now (the pipeline pauses its partitions then)."""

@@ -416,6 +416,14 @@ class SinkTask:
         pending = self.dead_letters.pending if self.dead_letters is not None else 0
         return not self._tasks and pending == 0 and not self.imports and self.buffered()[0] == 0
 
+    def send_open_batches(self) -> None:
+        """The buffer is full but every byte of it sits in open batches (records spread over lanes such
+        that none reaches max_records within the bound): close them now, rather than let intake wait out
+        max_wait with nothing to send. Never while a lane has a batch in flight or waiting: those drain
+        the buffer, and closing more would only make smaller requests."""
+        if all(lane.inflight is None and not lane.ready for lane in self.lanes):
+            self.flush()
+
     def flush(self) -> None:
         """Close every open batch whatever its age (shutdown)."""
         for lane in self.lanes:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -42,9 +43,30 @@ HOLD_BEFORE_PAUSE = 2.0
 COMMIT_MIN_INTERVAL = 0.05  # seconds between commits: coalesces the watermark's many small moves
 COMMIT_STUCK = 15.0  # a commit with no callback after this long is taken as failed
 GAUGE_INTERVAL = 1.0
+RESHARE_RETRY = 5.0  # seconds before the partition counts are asked for again after a failure
 # librdkafka errors that mean no broker can be reached right now.
 # (One broker's connection failing, _TRANSPORT, is not enough: others may still serve.)
 _DISCONNECTED = frozenset({KafkaError._ALL_BROKERS_DOWN})
+
+
+def subscribed_partitions(
+    subscription: list[str], owned: list[tuple[str, int]], counts: dict[str, int | None]
+) -> int | None:
+    """How many partitions the topics a sink reads have: its named topics, the topics its patterns
+    (`^...`) match, and those it owns partitions of. `counts` is each topic's partition count from the
+    cluster's metadata, None for a topic whose metadata came with an error: then the answer is None (not
+    known yet). A named topic the cluster does not have counts 0."""
+    patterns = [re.compile(s) for s in subscription if s.startswith("^")]
+    topics = {s for s in subscription if not s.startswith("^")} | {topic for topic, _ in owned}
+    topics |= {name for name in counts if any(p.search(name) for p in patterns)}
+    mine = {topic for topic, _ in owned}
+    total = 0
+    for topic in topics:
+        n = counts.get(topic, None if topic in mine else 0)
+        if n is None:
+            return None
+        total += n
+    return total
 
 
 class SinkWorker:
@@ -80,7 +102,7 @@ class SinkWorker:
         self._paused: set[tuple[str, int]] = set()
         self._stopped_since: float | None = None  # when intake stopped (buffer full, or a schema awaited)
         self._reshare_due = False  # a rebalance changed the partitions: recompute the budget share
-        self._partition_counts: dict[str, int] = {}
+        self._reshare_at = 0.0  # when the share may be computed again (the metadata could not be read)
         self._commit_started: float | None = None  # when the commit in flight was started
         self._last_commit = 0.0
         self._closing = False
@@ -112,7 +134,7 @@ class SinkWorker:
                     for error in self.task.put(messages, now):
                         self._consumer_error(error)
                 if self._reshare_due:
-                    self._reshare()
+                    self._reshare(now)
                 self.task.tick(now)
                 self._apply_backpressure()
                 self.commit(now)
@@ -229,29 +251,34 @@ class SinkWorker:
         log.info("%s: %s %s", self.name, "revoked" if commit else "lost", sorted(gone))
         self._reshare_due = True
 
-    def _reshare(self) -> None:
-        """This sink's share of the API's rate-limit budget: the part of its topics' partitions it owns, so
-        replicas of the group split the budget without talking to each other. Called from the loop, never
-        from a rebalance callback (the client may not be called back into from one)."""
-        self._reshare_due = False
-        mine = self.offsets.assigned()
-        total = 0
+    def _reshare(self, now: float) -> None:
+        """This sink's part of the API's rate-limit budget: the partitions it owns of all the partitions of
+        the topics it reads, so replicas of the group split the budget without talking to each other.
+        Called from the loop after a rebalance, never from a rebalance callback (the client may not be
+        called back into from one); asked again RESHARE_RETRY later while the metadata cannot be read."""
+        if now < self._reshare_at:
+            return
         try:
-            for topic in {topic for topic, _ in mine}:
-                if topic not in self._partition_counts:  # partition counts seldom change: asked once
-                    metadata = self.consumer.list_topics(topic, timeout=2)
-                    self._partition_counts[topic] = len(metadata.topics[topic].partitions)
-                total += self._partition_counts[topic]
-        except (KafkaException, KeyError, AttributeError):
-            return  # unknown for now: the share stays as it was (the headers still pace)
-        share = len(mine) / total if total else 1.0
-        self.task.service.rate_limiter.set_share(self.name, share)
+            metadata = self.consumer.list_topics(timeout=2)
+            counts: dict[str, int | None] | None = {
+                name: None if t.error is not None else len(t.partitions)
+                for name, t in metadata.topics.items()
+            }
+        except (KafkaException, AttributeError):
+            counts = None
+        mine = self.offsets.assigned()
+        total = None if counts is None else subscribed_partitions(self.subscription, mine, counts)
+        if total is None:
+            self._reshare_at = now + RESHARE_RETRY  # the share stays as it was meanwhile
+            return
+        self._reshare_due = False
+        self.task.service.rate_limiter.set_partitions(self.name, len(mine), total)
         log.info(
-            "%s: %d of %d partitions: %.0f%% of the API's rate-limit budget",
+            "%s: %d of %d partitions: %.0f%% of the API's rate-limit budget for this sink's partitions",
             self.name,
             len(mine),
             total,
-            100 * share,
+            100 * len(mine) / total if total else 0,
         )
 
     # --- Kafka's health ------------------------------------------------------------------------------------
@@ -298,6 +325,8 @@ class SinkWorker:
         bp = self.backpressure
         records, nbytes = self.task.buffered()
         held = self.task.service.rate_limiter.held()
+        if nbytes >= bp.max_bytes:
+            self.task.send_open_batches()
         if self.task.input_held():
             nbytes = max(nbytes, bp.max_bytes)  # records wait for a writer schema: read no further
         change = bp.update(records, nbytes, held)

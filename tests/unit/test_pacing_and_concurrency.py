@@ -8,6 +8,7 @@ import pytest
 from connector.delivery.concurrency import Aimd
 from connector.delivery.ratelimit import ApiWindow, ApiWindows, Budget, RateLimiter
 from connector.metrics import Metrics
+from connector.sink.worker import subscribed_partitions
 
 
 def test_budget_unknown_until_an_answer_tells() -> None:
@@ -177,14 +178,36 @@ def test_replicas_split_the_budget_by_the_partitions_each_owns() -> None:
     assert a.remaining == 1
 
 
-def test_a_window_shared_by_sinks_of_several_groups_takes_the_largest_share() -> None:
-    windows = ApiWindows()
+def test_sinks_sharing_an_api_split_it_by_all_their_partitions_so_replicas_add_up_to_one() -> None:
+    """Activities (4 partitions) and people (1) on one tenant, two replicas: one got 2 + 1 partitions, the
+    other 2 + 0. Counted together, 3/5 and 2/5 of the budget: never more than the whole between them (a
+    share per sink, taking the largest, gave both replicas 100%: 429s)."""
     m = Metrics()
-    one = RateLimiter(m.sink("one"), window=windows.get("https://api", ["t"]))
-    two = RateLimiter(m.sink("two"), window=windows.get("https://api", ["t"]))
-    assert one.window.share == 1.0  # nothing assigned yet: the whole budget
-    one.set_share("one", 0.5)
-    two.set_share("two", 0.25)
-    assert one.window.share == two.window.share == 0.5
-    one.set_share("one", 1.0)  # a rebalance gave this replica every partition
-    assert two.window.share == 1.0
+    shares = []
+    for owned in ((2, 1), (2, 0)):
+        windows = ApiWindows()  # one process each
+        activities = RateLimiter(m.sink("activities"), window=windows.get("https://api", ["t"]))
+        people = RateLimiter(m.sink("people"), window=windows.get("https://api", ["t"]))
+        assert activities.window.share == 1.0  # nothing assigned yet: the whole budget
+        activities.set_partitions("activities", owned[0], 4)
+        people.set_partitions("people", owned[1], 1)
+        assert activities.window.share == people.window.share
+        shares.append(activities.window.share)
+    assert shares == [3 / 5, 2 / 5]
+    # A replica that owns nothing (more replicas than partitions) takes nothing.
+    idle = RateLimiter(m.sink("idle"))
+    idle.set_partitions("idle", 0, 4)
+    assert idle.window.share == 0.0
+
+
+def test_the_partitions_a_subscription_covers() -> None:
+    counts: dict[str, int | None] = {"a": 4, "b": 2, "events.x": 3, "events.y": 1, "other": 8}
+    # Named topics: all of them, whichever this replica happens to own partitions of.
+    assert subscribed_partitions(["a", "b"], [("a", 0), ("a", 1), ("a", 2), ("a", 3)], counts) == 6
+    # A pattern: every topic it matches (also ones created after the subscription).
+    assert subscribed_partitions(["^events\\..*"], [("events.x", 0)], counts) == 4
+    # A named topic the cluster does not have (yet) has no partitions.
+    assert subscribed_partitions(["a", "missing"], [], counts) == 4
+    # A topic whose metadata came with an error, or an owned topic not in the metadata: not known yet.
+    assert subscribed_partitions(["a", "b"], [], {**counts, "b": None}) is None
+    assert subscribed_partitions(["a"], [("gone", 0)], counts) is None

@@ -130,3 +130,29 @@ def test_unreadable_tls_files_are_a_clear_fatal_error(tmp_path: Path) -> None:
     bad.write_text("not a certificate")
     with pytest.raises(RegistryAuthError, match=r"ssl\.\* files"):
         SchemaRegistry({"url": "https://registry:8081", "ssl.ca.location": str(bad)})
+
+
+def test_an_encrypted_client_key_takes_its_password_and_never_prompts(tmp_path: Path) -> None:
+    """Without ssl.key.password OpenSSL prompted for the pass phrase on the terminal (a start that hangs);
+    now it is a clear error, and with the password the key loads."""
+    import subprocess
+
+    from connector.codec.registry import RegistryAuthError, SchemaRegistry
+
+    key, cert = tmp_path / "client.key", tmp_path / "client.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-days", "1", "-subj", "/CN=client",
+         "-keyout", str(key), "-out", str(cert), "-passout", "pass:key-pass-123"],
+        check=True,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    props = {
+        "url": "https://registry:8081",
+        "ssl.certificate.location": str(cert),
+        "ssl.key.location": str(key),
+    }
+    with pytest.raises(RegistryAuthError, match=r"needs ssl\.key\.password"):
+        SchemaRegistry(props)
+    registry = SchemaRegistry({**props, "ssl.key.password": "key-pass-123"})
+    assert "key-pass-123" in registry.secrets  # masked wherever it might appear

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any, cast
 
 import httpx
 import orjson
 import pytest
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from connector.codec.base import SchemaPending
 from connector.codec.json import JsonDecoder
@@ -26,7 +27,7 @@ from connector.records import Record
 from connector.sink.backpressure import Backpressure
 from connector.sink.offsets import OffsetTracker
 from connector.sink.task import SinkTask
-from connector.sink.worker import SinkWorker
+from connector.sink.worker import RESHARE_RETRY, SinkWorker
 from tests.unit.helpers import activity
 
 TOPIC = "t"
@@ -366,3 +367,48 @@ def test_records_waiting_for_a_writer_schema_stop_intake_and_pause_only_if_the_w
     assert calls_at_hold == 1 and not paused  # a quick fetch: one consume, no pause (no refetch)
     _, _, paused = asyncio.run(scenario(0.8))
     assert paused  # a long one: the partitions pause, so intake stays bounded and callbacks are served
+
+
+def test_a_budget_share_that_could_not_be_computed_is_computed_again_later() -> None:
+    """A metadata lookup that fails (a timeout during a rollout) is asked again RESHARE_RETRY later; the
+    partition counts are read afresh each time (a topic may have grown)."""
+    worker, consumer, _, _, _ = build(partitions=(0, 1))
+    partitions = [4]
+    calls = 0
+
+    def list_topics(timeout: float) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+        topic = SimpleNamespace(error=None, partitions=dict.fromkeys(range(partitions[0])))
+        return SimpleNamespace(topics={TOPIC: topic})
+
+    consumer.list_topics = list_topics  # type: ignore[attr-defined]
+    worker.on_assign(consumer, [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)])
+    window = worker.task.service.rate_limiter.window
+    worker._reshare(100.0)
+    assert worker._reshare_due and window.share == 1.0  # not known: as it was
+    worker._reshare(101.0)
+    assert calls == 1  # not asked again at once
+    worker._reshare(100.0 + RESHARE_RETRY)
+    assert not worker._reshare_due and window.share == 0.5  # 2 of 4 partitions
+    partitions[0] = 8  # the topic grew; the rebalance that follows asks again
+    worker.on_assign(consumer, [TopicPartition(TOPIC, 2)])
+    worker._reshare(200.0)
+    assert window.share == 3 / 8
+
+
+def test_a_buffer_full_of_open_batches_sends_them_without_waiting_for_max_wait() -> None:
+    """Records spread over the lanes so that no batch reaches max_records within the buffer bound: intake
+    stops, and the open batches go at once (they waited out max_wait, with nothing sent, before)."""
+    worker, consumer, _, metrics, _ = build(lanes=2, max_records=50, max_wait=30.0)
+    size = len(message(0).value() or b"")
+    worker.backpressure = Backpressure(10 * size, 100)  # 30 records are 3 times the bound
+    consumer.queue = [message(i) for i in range(30)]
+
+    def delivered() -> bool:
+        return metrics.value("records_delivered_total", {"sink": "s"}) == 30
+
+    asyncio.run(run_until(worker, delivered, limit=5.0))
+    assert metrics.value("batches_sent_total", {"sink": "s", "outcome": "success"}) == 2  # one per lane

@@ -101,3 +101,29 @@ def test_a_schema_registry_section_leaves_the_sinks_name_and_defaults_alone() ->
     sink = parse_settings(doc, env={"TOKEN": "t"}).sinks[0]
     assert sink.name == "uxr"
     assert sink.group_id == "activity-connector.uxr" and sink.dead_letter_topic == "uxr.dlq"
+
+
+def test_the_derived_prefetch_bounds_never_make_librdkafka_refuse_the_consumer() -> None:
+    """The prefetch is sized from the buffer bound, but a raised message.max.bytes (the dead-letter producer
+    needs it for records of a few MiB) or a huge bound must still give a consumer librdkafka accepts, and
+    `check` must build the consumer exactly as `run` does."""
+    from connector.kafka import consumer_config, validate_clients
+
+    for kafka, batch in (
+        ({"message.max.bytes": 10_000_000}, {}),
+        ({"message.max.bytes": "10000000"}, {}),
+        ({}, {"max_buffered_bytes": "16GiB"}),
+    ):
+        doc = _minimal(batch=batch)
+        doc["kafka"].update(kafka)
+        settings = parse_settings(doc, env={"TOKEN": "t"})
+        validate_clients(settings)  # raised ConfigError before
+        sink = settings.sinks[0]
+        config = consumer_config(settings.kafka, "g", {}, sink.batch.max_buffered_bytes)
+        assert int(config["fetch.max.bytes"]) >= int(kafka.get("message.max.bytes", 0))
+        assert config["queued.max.messages.kbytes"] <= 2097151
+    # What the user sets wins over what is derived.
+    config = consumer_config(
+        {"fetch.max.bytes": 5_000_000}, "g", {"queued.max.messages.kbytes": 4096}, 6 << 20
+    )
+    assert (config["fetch.max.bytes"], config["queued.max.messages.kbytes"]) == (5_000_000, 4096)
