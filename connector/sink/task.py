@@ -371,18 +371,20 @@ class SinkTask:
     # --- what is held --------------------------------------------------------------------------------------
 
     def buffered(self) -> tuple[int, int]:
-        """(records, bytes) held in memory, derived from the batches and imports held."""
+        """(records, bytes) held in memory: what is being sent plus the records of imports still followed
+        (the `buffered_*` gauges)."""
+        records, nbytes = self.sending()
+        following_records, following_bytes = self.following()
+        return records + following_records, nbytes + following_bytes
+
+    def sending(self) -> tuple[int, int]:
+        """(records, bytes) of the batches held, dead letters not acknowledged yet, and records waiting
+        for a writer schema: derived from what is held, never counted by hand."""
         records = nbytes = 0
         for lane in self.lanes:
             for batch in lane.batches():
                 records += len(batch.items)
                 nbytes += batch.nbytes
-        # Imports still followed keep their records (to dead-letter those the import fails), whatever
-        # `ack` says: under backlog their status polls wait for data requests, so they count towards the
-        # bound; once it is reached, intake pauses, data requests drain and the polls catch up.
-        for tracked in self.imports.followed():
-            records += len(tracked.records)
-            nbytes += tracked.nbytes
         if self.dead_letters is not None:
             dead_records, dead_bytes = self.dead_letters.held()
             records += dead_records
@@ -391,6 +393,16 @@ class SinkTask:
             value = message.value()
             records += 1
             nbytes += len(value) if value is not None else 0
+        return records, nbytes
+
+    def following(self) -> tuple[int, int]:
+        """(records, bytes) of the imports still followed: kept, whatever `ack` says, to dead-letter those
+        an import fails. They have a bound of their own (Backpressure): when the status polls fall behind,
+        intake stops, data requests drain and the polls catch up."""
+        records = nbytes = 0
+        for tracked in self.imports.followed():
+            records += len(tracked.records)
+            nbytes += tracked.nbytes
         return records, nbytes
 
     def close_partitions(self, gone: set[TopicPartition]) -> None:

@@ -323,17 +323,24 @@ class SinkWorker:
         """Stop intake while the buffer is full, held back by the API, or waiting for a writer schema;
         pause the partitions once that has lasted HOLD_BEFORE_PAUSE; resume when it ends."""
         bp = self.backpressure
-        records, nbytes = self.task.buffered()
+        records, nbytes = self.task.sending()
+        following = self.task.following()[1]
         held = self.task.service.rate_limiter.held()
         if nbytes >= bp.max_bytes:
             self.task.send_open_batches()
         if self.task.input_held():
             nbytes = max(nbytes, bp.max_bytes)  # records wait for a writer schema: read no further
-        change = bp.update(records, nbytes, held)
+        change = bp.update(records, nbytes, held, following)
         now = self._clock()
         if change is True:
             self._stopped_since = now
-            log.debug("%s: intake stopped (%d bytes buffered, held back: %s)", self.name, nbytes, held)
+            log.debug(
+                "%s: intake stopped (%d bytes buffered, %d in followed imports, held back: %s)",
+                self.name,
+                nbytes,
+                following,
+                held,
+            )
         elif change is False:
             self._stopped_since = None
             if self._paused:
