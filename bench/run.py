@@ -1,6 +1,9 @@
 """`make bench`: throughput of the connector against its own ceiling, measured in one run.
 
-(a) ceiling: consume + decode only, in one process, of the same topic;
+(a) ceiling: consume + decode only, in one process, of the same topic, with the fetch settings the connector
+    uses (librdkafka's defaults, also measured for comparison with earlier runs, refetch only after a 1 s
+    backoff once 100,000 messages are queued: that capped the "ceiling" at ~170k records/s, a quarter of
+    what consume + decode do on this machine);
 (b) end to end: the connector consuming, decoding, validating, batching, sending to the sandbox (a separate
     process) and settling, for JSON, for Avro, and for Avro through a Schema Registry (Apicurio; writer
     schemas fetched by id as the connector does, Confluent framing);
@@ -28,6 +31,7 @@ from bench.scenarios import latency, peak_memory, scale_out, shared_budget
 from connector.codec import make_decoder
 from connector.codec.avro import ConfluentAvroDecoder
 from connector.config import parse_settings
+from connector.kafka import fetch_bounds
 from connector.sandbox.control import SandboxClient
 from connector.sandbox.events import Event, avro_events, json_events, produce, uxr_activity
 from connector.sandbox.harness import ConnectorThread
@@ -40,6 +44,8 @@ RECORDS = int(os.environ.get("BENCH_RECORDS", "200000"))
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 PARTITIONS = 4
 SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "rally_uxr_activity.avsc"
+# What the connector's consumer fetches with, by default (connector.kafka.fetch_bounds).
+CONNECTOR_FETCH = fetch_bounds(6 * 1024 * 1024)
 
 
 def confluent_events(registry_url: str, topic: str) -> Callable[[Iterable[dict[str, Any]]], Iterator[Event]]:
@@ -56,7 +62,9 @@ def confluent_events(registry_url: str, topic: str) -> Callable[[Iterable[dict[s
     return events
 
 
-def ceiling(bootstrap: str, topic: str, fmt: str, n: int, registry_url: str = "") -> float:
+def ceiling(
+    bootstrap: str, topic: str, fmt: str, n: int, registry_url: str = "", fetch: dict[str, Any] | None = None
+) -> float:
     """Records/s of consume(500) + decode alone, from the first record to the last, as the end-to-end run.
 
     consume() does not wait (as in the connector): one that waits 100 ms for 500 messages let librdkafka's
@@ -75,6 +83,7 @@ def ceiling(bootstrap: str, topic: str, fmt: str, n: int, registry_url: str = ""
             "group.id": f"bench-ceiling-{uuid.uuid4().hex[:6]}",
             "enable.auto.commit": False,
             "fetch.wait.max.ms": 100,
+            **(CONNECTOR_FETCH if fetch is None else fetch),
         }
     )
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
@@ -98,18 +107,35 @@ def ceiling(bootstrap: str, topic: str, fmt: str, n: int, registry_url: str = ""
 
 
 def end_to_end(
-    bootstrap: str, sandbox_url: str, topic: str, fmt: str, n: int, registry_url: str = ""
+    bootstrap: str,
+    sandbox_url: str,
+    topic: str,
+    fmt: str,
+    n: int,
+    registry_url: str = "",
+    bulk: bool = False,
 ) -> dict[str, Any]:
+    """The connector end to end into Rally UXR's activities import, or (`bulk`) the http.bulk NDJSON
+    endpoint (no import to follow)."""
+    destination: dict[str, Any] = {
+        "type": "rally_uxr.activities",
+        "url": f"{sandbox_url}/rally-uxr/api/public/v1",
+        "auth": {"type": "bearer", "token": "sandbox-token"},
+    }
+    if bulk:
+        destination = {
+            "type": "http.bulk",
+            "url": f"{sandbox_url}/bulk/v1",
+            "path": "/records",
+            "body": "ndjson",
+            "auth": {"type": "bearer", "token": "sandbox-token"},
+        }
     sink: dict[str, Any] = {
         "name": f"bench-{fmt}",
         "topics": [topic],
         "group_id": f"bench-{fmt}-{uuid.uuid4().hex[:6]}",
         "format": fmt,
-        "destination": {
-            "type": "rally_uxr.activities",
-            "url": f"{sandbox_url}/rally-uxr/api/public/v1",
-            "auth": {"type": "bearer", "token": "sandbox-token"},
-        },
+        "destination": destination,
         "batch": {"max_records": 1000, "max_bytes": "1MiB", "max_wait": "200ms"},
         "delivery": {"concurrency": 4},
         "dead_letter": {"topic": f"{topic}.dlq"},
@@ -173,6 +199,12 @@ def main() -> None:
             ceilings = [ceiling(bootstrap, topic, fmt, RECORDS, registry.url) for _ in range(RUNS)]
             a = max(ceilings)
             print(f"[{fmt}] (a) ceiling, consume + decode:   {a:>10,.0f} records/s  (runs: {_fmt(ceilings)})")
+            legacy = [ceiling(bootstrap, topic, fmt, RECORDS, registry.url, fetch={}) for _ in range(RUNS)]
+            print(
+                f"[{fmt}]     with librdkafka's default fetch backoff (as before): {max(legacy):,.0f} "
+                f"records/s (runs: {_fmt(legacy)})",
+                flush=True,
+            )
             runs = []
             for _ in range(RUNS):
                 control.reset()
@@ -189,12 +221,33 @@ def main() -> None:
             print(
                 f"[{fmt}] requests per run {b['requests']:.0f}; every run delivered all {RECORDS}", flush=True
             )
+            bulk: list[dict[str, Any]] = []
+            if fmt == "json":
+                for _ in range(RUNS):
+                    control.reset()
+                    bulk.append(end_to_end(bootstrap, sandbox.url, topic, fmt, RECORDS, bulk=True))
+                    accepted = control.stats("http.bulk")["accepted"]
+                    if accepted != RECORDS:
+                        raise AssertionError(f"the sandbox's http.bulk accepted {accepted} of {RECORDS}")
+                best = max(r["records_per_s"] for r in bulk)
+                print(
+                    f"[{fmt}] (b) into http.bulk NDJSON:          {best:>10,.0f} records/s "
+                    f"(runs: {_fmt([r['records_per_s'] for r in bulk])}); ratio {best / a:.2f}",
+                    flush=True,
+                )
             results[fmt] = {
                 "ceiling_records_per_s": round(a),
                 "end_to_end_records_per_s": round(b["records_per_s"]),
                 "ratio": round(b["records_per_s"] / a, 3),
                 "requests": b["requests"],
                 "ceiling_runs": [round(x) for x in ceilings],
+                "ceiling_default_fetch_records_per_s": round(max(legacy)),
+                **(
+                    {"http_bulk_ndjson_records_per_s": round(max(r["records_per_s"] for r in bulk))}
+                    if bulk
+                    else {}
+                ),
+                "ratio_to_default_fetch_ceiling": round(b["records_per_s"] / max(legacy), 3),
                 "end_to_end_runs": [round(r["records_per_s"]) for r in runs],
             }
         seconds = float(os.environ.get("BENCH_PACING_SECONDS", "60"))
