@@ -119,13 +119,18 @@ def _tls(properties: Mapping[str, str]) -> ssl.SSLContext:
     cert, key = properties.get("ssl.certificate.location"), properties.get("ssl.key.location")
     try:
         context = ssl.create_default_context(cafile=ca) if ca else ssl.create_default_context()
-        if cert and key:
+    except (OSError, ssl.SSLError) as exc:
+        raise RegistryAuthError(f"schema_registry: cannot load ssl.ca.location: {exc}") from None
+    if cert and key:
+        try:
             # Always a password (empty if none is given): without one, OpenSSL would prompt for it on the
             # terminal and the start would hang there.
             context.load_cert_chain(cert, key, password=properties.get("ssl.key.password", ""))
-    except (OSError, ssl.SSLError) as exc:
-        hint = "" if "ssl.key.password" in properties else " (an encrypted key needs ssl.key.password)"
-        raise RegistryAuthError(f"schema_registry: cannot load ssl.* files: {exc}{hint}") from None
+        except (OSError, ssl.SSLError, ValueError) as exc:  # ValueError: a password over 1024 bytes
+            hint = "" if "ssl.key.password" in properties else " (an encrypted key needs ssl.key.password)"
+            raise RegistryAuthError(
+                f"schema_registry: cannot load ssl.certificate.location/ssl.key.location: {exc}{hint}"
+            ) from None
     return context
 
 

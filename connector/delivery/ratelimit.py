@@ -158,7 +158,12 @@ class RateLimiter:
 
     def set_partitions(self, sink: str, owned: int, total: int) -> None:
         """`sink` now owns `owned` of the `total` partitions of the topics it reads."""
+        before = self.window.share
         self.window.partitions[sink] = (max(0, min(owned, total)), max(0, total))
+        if self.window.share != before:
+            # What is left of our part was learnt at the old share (0 while all partitions were revoked
+            # would hold every request to the window's end): learnt again from the next answer.
+            self.window.budget.remaining = None
 
     def held(self) -> bool:
         """Whether requests are being held back right now (the pipeline pauses its partitions then)."""

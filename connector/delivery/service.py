@@ -419,7 +419,8 @@ class DeliveryService:
             # httpx's response and its stream refer to each other, and the response holds the request and
             # its body: only the cyclic collector (run seldom here: connector.app) would free that body.
             # Breaking the cycle frees it as soon as the send is done.
-            response.stream = _READ
+            for answered in (*response.history, response):  # history: a 401 answered before a new token
+                answered.stream = _READ
         except httpx.TimeoutException:
             answer = _Answer(None, b"", None, "timeout")
         except httpx.TransportError as exc:

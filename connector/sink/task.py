@@ -428,12 +428,16 @@ class SinkTask:
         pending = self.dead_letters.pending if self.dead_letters is not None else 0
         return not self._tasks and pending == 0 and not self.imports and self.buffered()[0] == 0
 
-    def send_open_batches(self) -> None:
-        """The buffer is full but every byte of it sits in open batches (records spread over lanes such
-        that none reaches max_records within the bound): close them now, rather than let intake wait out
-        max_wait with nothing to send. Never while a lane has a batch in flight or waiting: those drain
-        the buffer, and closing more would only make smaller requests."""
-        if all(lane.inflight is None and not lane.ready for lane in self.lanes):
+    def send_open_batches(self, at_least: int) -> None:
+        """The buffer is full, and open batches hold at least `at_least` bytes of it (records spread over
+        lanes such that none reaches max_records within the bound): close them now, rather than let
+        intake wait out max_wait with nothing to send. Never while a lane has a batch in flight or waiting
+        (those drain the buffer: closing more would only make smaller requests), nor when what fills the
+        buffer is something else (dead letters not acknowledged yet, records waiting for a schema)."""
+        if any(lane.inflight is not None or lane.ready for lane in self.lanes):
+            return
+        open_bytes = sum(lane.batcher.open_batch.nbytes for lane in self.lanes if lane.batcher.open_batch)
+        if open_bytes >= at_least:
             self.flush()
 
     def flush(self) -> None:

@@ -43,7 +43,8 @@ HOLD_BEFORE_PAUSE = 2.0
 COMMIT_MIN_INTERVAL = 0.05  # seconds between commits: coalesces the watermark's many small moves
 COMMIT_STUCK = 15.0  # a commit with no callback after this long is taken as failed
 GAUGE_INTERVAL = 1.0
-RESHARE_RETRY = 5.0  # seconds before the partition counts are asked for again after a failure
+RESHARE_RETRY = 5.0  # seconds before the partition counts are asked for again after a failure...
+RESHARE_MAX_RETRY = 60.0  # ...doubling up to this
 # librdkafka errors that mean no broker can be reached right now.
 # (One broker's connection failing, _TRANSPORT, is not enough: others may still serve.)
 _DISCONNECTED = frozenset({KafkaError._ALL_BROKERS_DOWN})
@@ -103,6 +104,8 @@ class SinkWorker:
         self._stopped_since: float | None = None  # when intake stopped (buffer full, or a schema awaited)
         self._reshare_due = False  # a rebalance changed the partitions: recompute the budget share
         self._reshare_at = 0.0  # when the share may be computed again (the metadata could not be read)
+        self._reshare_retry = RESHARE_RETRY / 2
+        self._resume_due: set[tuple[str, int]] = set()  # assigned since: resumed unless intake is stopped
         self._commit_started: float | None = None  # when the commit in flight was started
         self._last_commit = 0.0
         self._closing = False
@@ -126,7 +129,7 @@ class SinkWorker:
         next_gauges = self._clock()
         try:
             while not stop.is_set() and self.fatal is None:
-                messages = [] if self._holding() else self.consumer.consume(CONSUME_MAX, 0)
+                messages = self.consumer.consume(CONSUME_MAX, 0) if self._may_consume() else []
                 now = self.heartbeat = self._clock()
                 if messages:
                     self._connected(True)
@@ -223,6 +226,9 @@ class SinkWorker:
     def on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         for p in partitions:
             self.offsets.assign((p.topic, p.partition))
+        # A partition paused by us stays paused through a revoke and a new assignment (librdkafka keeps
+        # the application's pause): resumed from the loop unless intake is stopped (no client calls here).
+        self._resume_due |= {(p.topic, p.partition) for p in partitions}
         self.assigned = True
         log.info("%s: assigned %s", self.name, [f"{p.topic}[{p.partition}]" for p in partitions])
         self._reshare_due = True
@@ -239,6 +245,7 @@ class SinkWorker:
         self.task.close_partitions(gone)
         points = [(tp, self.offsets.revoke(tp)) for tp in gone]
         self._paused -= gone
+        self._resume_due -= gone
         self.m.paused.set(len(self._paused))
         for topic, partition in gone:
             self.m.forget_lag(topic, partition)
@@ -256,8 +263,8 @@ class SinkWorker:
         the topics it reads, so replicas of the group split the budget without talking to each other.
         Called from the loop after a rebalance, never from a rebalance callback (the client may not be
         called back into from one); asked again RESHARE_RETRY later while the metadata cannot be read."""
-        if now < self._reshare_at:
-            return
+        if now < self._reshare_at or not self.connected:
+            return  # a lookup now would block the loop for its whole timeout
         try:
             metadata = self.consumer.list_topics(timeout=2)
             counts: dict[str, int | None] | None = {
@@ -269,9 +276,12 @@ class SinkWorker:
         mine = self.offsets.assigned()
         total = None if counts is None else subscribed_partitions(self.subscription, mine, counts)
         if total is None:
-            self._reshare_at = now + RESHARE_RETRY  # the share stays as it was meanwhile
+            # The share stays as it was meanwhile; each failed lookup waits longer before the next.
+            self._reshare_retry = min(2 * self._reshare_retry, RESHARE_MAX_RETRY)
+            self._reshare_at = now + self._reshare_retry
             return
         self._reshare_due = False
+        self._reshare_retry = RESHARE_RETRY / 2
         self.task.service.rate_limiter.set_partitions(self.name, len(mine), total)
         log.info(
             "%s: %d of %d partitions: %.0f%% of the API's rate-limit budget for this sink's partitions",
@@ -319,20 +329,32 @@ class SinkWorker:
         since = self._stopped_since
         return since is not None and self._clock() - since < HOLD_BEFORE_PAUSE
 
+    def _may_consume(self) -> bool:
+        """Whether to call consume(): always, unless intake stopped a moment ago. Once the stop has lasted
+        HOLD_BEFORE_PAUSE, the partitions are paused first, so consume() serves callbacks and takes
+        nothing (consuming first would take what librdkafka prefetched past the full buffer)."""
+        if self._stopped_since is None:
+            return True
+        if self._holding():
+            return False
+        self._pause_assigned()
+        return True
+
     def _apply_backpressure(self) -> None:
-        """Stop intake while the buffer is full, held back by the API, or waiting for a writer schema;
-        pause the partitions once that has lasted HOLD_BEFORE_PAUSE; resume when it ends."""
+        """Stop intake while the buffer or the followed imports are at their bound, while the API holds
+        requests back with every lane stocked, or while records wait for a writer schema; pause the
+        partitions once that has lasted HOLD_BEFORE_PAUSE; resume when it ends."""
         bp = self.backpressure
         records, nbytes = self.task.sending()
         following = self.task.following()[1]
         held = self.task.service.rate_limiter.held()
         if nbytes >= bp.max_bytes:
-            self.task.send_open_batches()
-        if self.task.input_held():
-            nbytes = max(nbytes, bp.max_bytes)  # records wait for a writer schema: read no further
-        change = bp.update(records, nbytes, held, following)
+            self.task.send_open_batches(bp.max_bytes * 3 // 4)  # they fill most of it
+        bp.update(records, nbytes, held, following)
+        # Records waiting for a writer schema stop intake only while they wait (a fetch is quick).
+        stopped = bp.paused or self.task.input_held()
         now = self._clock()
-        if change is True:
+        if stopped and self._stopped_since is None:
             self._stopped_since = now
             log.debug(
                 "%s: intake stopped (%d bytes buffered, %d in followed imports, held back: %s)",
@@ -341,25 +363,32 @@ class SinkWorker:
                 following,
                 held,
             )
-        elif change is False:
+        elif not stopped and self._stopped_since is not None:
             self._stopped_since = None
             if self._paused:
                 self.consumer.resume([TopicPartition(t, p) for t, p in self._paused])
                 self._paused.clear()
                 self.m.paused.set(0)
                 log.info("%s: resuming partitions", self.name)
-        if bp.paused and not self._holding():
-            # The stop lasts: pause, so consume() serves callbacks again without taking messages; also
-            # pauses partitions assigned while paused.
-            newly = set(self.offsets.partitions()) - self._paused
-            if newly:
-                if not self._paused:
-                    log.info(
-                        "%s: pausing partitions (%d bytes buffered, held back: %s)", self.name, nbytes, held
-                    )
-                self.consumer.pause([TopicPartition(t, p) for t, p in newly])
-                self._paused |= newly
-                self.m.paused.set(len(self._paused))
+        if stopped:
+            if not self._holding():
+                self._pause_assigned()  # also partitions assigned while paused
+        elif self._resume_due:
+            self.consumer.resume([TopicPartition(t, p) for t, p in self._resume_due])
+            self._resume_due.clear()
+
+    def _pause_assigned(self) -> None:
+        """Pause every assigned partition not paused yet."""
+        newly = set(self.offsets.partitions()) - self._paused
+        if not newly:
+            return
+        if not self._paused:
+            records, nbytes = self.task.buffered()
+            log.info("%s: pausing partitions (%d records, %d bytes held)", self.name, records, nbytes)
+        self.consumer.pause([TopicPartition(t, p) for t, p in newly])
+        self._paused |= newly
+        self._resume_due -= newly
+        self.m.paused.set(len(self._paused))
 
     def _update_gauges(self) -> None:
         records, nbytes = self.task.buffered()

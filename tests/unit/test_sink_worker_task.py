@@ -7,6 +7,7 @@ from inside consume() as librdkafka does, and records commits and pauses; the AP
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any, cast
@@ -412,3 +413,164 @@ def test_a_buffer_full_of_open_batches_sends_them_without_waiting_for_max_wait()
 
     asyncio.run(run_until(worker, delivered, limit=5.0))
     assert metrics.value("batches_sent_total", {"sink": "s", "outcome": "success"}) == 2  # one per lane
+
+
+def test_when_a_stop_lasts_the_partitions_pause_before_anything_more_is_taken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Consuming once more when the 2 s hold ends took what librdkafka had prefetched past the full buffer
+    (review: 24 records held instead of 12)."""
+    monkeypatch.setattr("connector.sink.worker.HOLD_BEFORE_PAUSE", 0.2)
+    release = asyncio.Event()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await release.wait()
+        return httpx.Response(202, json={"message": "ok", "importId": "i1"})
+
+    worker, consumer, _, _, _ = build(slow, lanes=1, max_records=5, max_wait=30.0)  # type: ignore[arg-type]
+    size = len(message(0).value() or b"")
+    worker.backpressure = Backpressure(10 * size, 5)
+    consumer.queue = [message(i) for i in range(200)]
+    real = consumer.consume
+    consumer.consume = lambda n, t: real(min(n, 12), t)  # type: ignore[method-assign,assignment]
+
+    async def go() -> int:
+        stop = asyncio.Event()
+        runner = asyncio.create_task(worker.run(stop))
+        await asyncio.sleep(0.6)
+        records = worker.task.sending()[0]
+        release.set()
+        stop.set()
+        await runner
+        return records
+
+    records = asyncio.run(go())
+    # Stop at 12 records (bound: 10): expected 12 held; the consume at hold expiry adds 12 more.
+    assert records == 12, records
+
+
+def test_a_buffer_full_of_unacknowledged_dead_letters_does_not_split_batches() -> None:
+    """Open batches are sent early only when they fill the buffer; dead letters awaiting the broker's
+    answer split batches into small requests, each costing rate-limit budget (review: 20 requests)."""
+    sizes: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json={"importId": "i1", "status": "COMPLETED", "failedRecords": None})
+        sizes.append(len(orjson.loads(request.content)["peopleActivities"]))
+        return httpx.Response(202, json={"message": "ok", "importId": "i1"})
+
+    worker, consumer, dead_letters, metrics, _ = build(handler, lanes=2, max_records=50, max_wait=1.0)
+    size = len(message(0).value() or b"")
+    worker.backpressure = Backpressure(40 * size, 100)
+    # Slow broker acks: a dead letter is acknowledged 30 ms after it was written.
+    written_at: dict[int, float] = {}
+    real_write = dead_letters.write
+
+    def write(record: Any, failure: Any) -> None:
+        written_at[id(record)] = time.monotonic()
+        real_write(record, failure)
+
+    def poll() -> None:
+        now = time.monotonic()
+        ripe = [(r, f) for r, f in dead_letters._unacked if now - written_at[id(r)] > 0.03]
+        dead_letters._unacked = [(r, f) for r, f in dead_letters._unacked if now - written_at[id(r)] <= 0.03]
+        for r, f in ripe:
+            dead_letters.written.append((r.offset, f.reason))
+            worker.task.dead_lettered(r, f, True)
+
+    dead_letters.write, dead_letters.poll = write, poll  # type: ignore[method-assign]
+    # 4 valid records, then 36 undecodable ones of 4x the size, repeated: dead letters fill the buffer.
+    msgs = [message(i) if i % 40 < 4 else message(i, raw=b"x" * (4 * size)) for i in range(400)]
+    consumer.queue = msgs
+    real = consumer.consume
+    consumer.consume = lambda n, t: real(min(n, 40), t)  # type: ignore[method-assign,assignment]
+    delivered = lambda: metrics.value("records_delivered_total", {"sink": "s"}) == 40  # noqa: E731
+    asyncio.run(run_until(worker, delivered, limit=20.0))
+    # 40 valid records, 2 lanes: a batch per lane (by max_wait), not a request of 2 at every stop.
+    assert len(sizes) <= 4, sizes
+
+
+def test_a_share_of_zero_while_every_partition_is_revoked_does_not_hold_the_api_after() -> None:
+    """An answer that arrived while the sink owned nothing (share 0) held every request to the window's end
+    (an hour) after the partitions came back (review)."""
+    worker, consumer, _, _, _ = build(partitions=(0, 1))
+    topic = SimpleNamespace(error=None, partitions=dict.fromkeys(range(2)))
+    consumer.list_topics = lambda timeout: SimpleNamespace(topics={TOPIC: topic})  # type: ignore[attr-defined]
+    rl = worker.task.service.rate_limiter
+    worker.on_assign(consumer, [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)])
+    worker._reshare(1.0)
+    assert rl.window.share == 1.0
+    worker.on_revoke(consumer, [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)])  # eager / lost
+    worker._reshare(2.0)
+    # the batch left in flight is answered meanwhile
+    n = rl.window.started
+    rl.observe(202, httpx.Headers({"x-ratelimit-remaining": "900", "x-ratelimit-reset": "3600"}), n)
+    worker.on_assign(consumer, [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)])
+    worker._reshare(3.0)
+    assert rl.window.share == 1.0
+    now = time.monotonic()
+    wait = rl.window.budget.earliest(now) - now
+    assert wait < 10, f"900 of the window's requests left, yet the next request waits {wait:.0f} s"
+
+
+def test_a_partition_revoked_while_paused_and_assigned_again_is_read_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """librdkafka keeps the app pause flag of a toppar across revoke/assign (only LIB_PAUSE is reset in
+    rdkafka_assignment.c); the fake consumer keeps it too."""
+    monkeypatch.setattr("connector.sink.worker.HOLD_BEFORE_PAUSE", 0.1)
+    release = asyncio.Event()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            await release.wait()
+        if request.method == "POST":
+            return httpx.Response(202, json={"message": "ok", "importId": "i1"})
+        return httpx.Response(200, json={"importId": "i1", "status": "COMPLETED", "failedRecords": None})
+
+    worker, consumer, _, _, _ = build(slow, lanes=1, max_records=5, partitions=(0, 1))  # type: ignore[arg-type]
+    size = len(message(0).value() or b"")
+    worker.backpressure = Backpressure(10 * size, 5)
+    consumer.queue = [message(i, partition=i % 2) for i in range(12)]
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        runner = asyncio.create_task(worker.run(stop))
+        await asyncio.sleep(0.4)
+        assert consumer.paused == {(TOPIC, 0), (TOPIC, 1)}
+        consumer.revoke([1])  # a replica joined: partition 1 moves away while paused
+        release.set()  # the API is back: the buffer drains, intake resumes
+        while worker.backpressure.paused:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        consumer.callbacks["on_assign"](consumer, [TopicPartition(TOPIC, 1)])  # it left again: 1 is back
+        consumer.queue.append(message(100, partition=1))
+        await asyncio.sleep(0.5)
+        stop.set()
+        await runner
+
+    asyncio.run(go())
+    assert (TOPIC, 1) not in consumer.paused, "partition 1 is paused in the client and never resumed"
+
+
+def test_the_share_is_not_looked_up_while_kafka_is_unreachable_and_failures_back_off() -> None:
+    """Each lookup blocks the loop for its timeout: during a Kafka outage none is made, and lookups that
+    fail wait longer each time (review: 2 s of every 5 s blocked)."""
+    worker, consumer, _, _, _ = build(partitions=(0,))
+    calls: list[float] = []
+
+    def list_topics(timeout: float) -> Any:
+        calls.append(timeout)
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+
+    consumer.list_topics = list_topics  # type: ignore[attr-defined]
+    worker.on_assign(consumer, [TopicPartition(TOPIC, 0)])
+    worker.connected = False
+    for second in range(120):
+        worker._reshare(float(second))
+    assert calls == []
+    worker.connected = True
+    for second in range(120, 240):
+        worker._reshare(float(second))
+    assert 3 <= len(calls) <= 6  # at 120, 125, 135, 155, 195 s: not every 5 s (24 times)
+    assert worker._reshare_due
