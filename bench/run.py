@@ -284,7 +284,8 @@ def main() -> None:
                 f"[scale-out] 1 process {one['records_per_s']:,} records/s; "
                 f"2 processes {two['records_per_s']:,} "
                 f"(partitions per process {two['partitions_per_process']}); ratio {scale['ratio']:.2f}; "
-                f"lost {one['lost']} / {two['lost']}",
+                f"lost {one['lost']} / {two['lost']}; machine CPU busy {one['machine_cpu_busy']:.0%} / "
+                f"{two['machine_cpu_busy']:.0%}",
                 flush=True,
             )
             results["scale_out"] = scale
