@@ -275,7 +275,8 @@ def main() -> None:
             )
             results["memory"] = memory
             print(
-                f"[scale-out] 1 then 2 processes of one group, 8 partitions, {RECORDS:,} records ...",
+                f"[scale-out] 1 then 2 processes of one group, 8 partitions, a backlog of {3 * RECORDS:,} "
+                "records ...",
                 flush=True,
             )
             scale = scale_out(bootstrap, sandbox.url, RECORDS)
