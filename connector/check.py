@@ -16,6 +16,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from connector.codec import make_decoder, schema_of
+from connector.codec.registry import RegistryAuthError, tls_context
 from connector.config import effective, load_settings, masked_url
 from connector.destinations import for_sink, mapper_for
 from connector.errors import ConfigError
@@ -32,6 +33,12 @@ def check(path: Path, connect: bool) -> int:
             make_decoder(sink.format, sink.schema, schema_of(destination.schema_file))
         except Exception as exc:
             raise ConfigError(f"sinks[{i}].schema", f"{type(exc).__name__}: {exc}") from None
+        registry = sink.schema_registry or {}
+        if any(key.startswith("ssl.") for key in registry):
+            try:  # the TLS files load together (a key that is not the certificate's, a wrong password)
+                tls_context(registry)
+            except RegistryAuthError as exc:
+                raise ConfigError(f"sinks[{i}].schema_registry", str(exc)) from None
     validate_clients(settings)
     # Masked by where secrets stand, then wherever a secret's value appears (in a URL, an option...).
     print(redact(json.dumps(effective(settings), indent=2), (s.reveal() for s in settings.secret_values)))

@@ -55,7 +55,7 @@ class SchemaRegistry:
             self.secrets.append(key_password)
         self.secrets = [secret for secret in self.secrets if len(secret) >= 4]
         self._client = httpx.AsyncClient(
-            base_url=self.url, headers=headers, auth=auth, timeout=timeout, verify=_tls(properties)
+            base_url=self.url, headers=headers, auth=auth, timeout=timeout, verify=tls_context(properties)
         )
 
     async def schema(self, schema_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -112,7 +112,7 @@ class SchemaRegistry:
         await self._client.aclose()
 
 
-def _tls(properties: Mapping[str, str]) -> ssl.SSLContext:
+def tls_context(properties: Mapping[str, str]) -> ssl.SSLContext:
     """The TLS context: the system's CAs or `ssl.ca.location`, and the client certificate if given.
     (httpx's own `cert=` argument, deprecated, did not present the certificate: a test caught it.)"""
     ca = properties.get("ssl.ca.location")

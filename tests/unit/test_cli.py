@@ -159,3 +159,31 @@ def test_two_sinks_of_one_group_with_one_static_id_are_refused(
     config.write_text(text)
     assert main(["check", "-c", str(config)]) == 2
     assert "sinks[1].group_id" in capsys.readouterr().err
+
+
+def test_check_loads_the_registry_tls_files_together(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client key that is not the certificate's passed `check` (each file only had to exist) and failed
+    at run time; `check` now loads them as the run does."""
+    import subprocess
+
+    for name in ("one", "two"):
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-days", "1", "-nodes", "-subj", "/CN=c",
+             "-keyout", str(tmp_path / f"{name}.key"), "-out", str(tmp_path / f"{name}.pem")],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+    monkeypatch.setenv("TOKEN", "t")
+    config = tmp_path / "c.yaml"
+    registry = (
+        "    format: avro-confluent\n"
+        "    schema_registry: {url: 'https://registry:8081', ssl.certificate.location: one.pem, "
+        "ssl.key.location: KEY}\n"
+    )
+    config.write_text(GOOD.replace("topics: [a]\n", "topics: [a]\n" + registry.replace("KEY", "two.key")))
+    assert main(["check", "-c", str(config)]) == 2
+    assert "sinks[0].schema_registry" in capsys.readouterr().err
+    config.write_text(GOOD.replace("topics: [a]\n", "topics: [a]\n" + registry.replace("KEY", "one.key")))
+    assert main(["check", "-c", str(config)]) == 0
