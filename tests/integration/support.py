@@ -13,12 +13,15 @@ from connector.config import Settings, parse_settings
 API = "rally_uxr.activities"
 
 
-def uxr_settings(bootstrap: str, sandbox_url: str, topic: str, **sink: Any) -> Settings:
-    run = uuid.uuid4().hex[:8]
+def uxr_config(
+    bootstrap: str, sandbox_url: str, topic: str, *, listen: str = "127.0.0.1:0", **sink: Any
+) -> dict[str, Any]:
+    """A configuration of one Rally UXR activities sink on `topic`; `sink` entries replace the defaults
+    (a mapping is merged into the default mapping of that key)."""
     base: dict[str, Any] = {
         "name": "uxr",
         "topics": [topic],
-        "group_id": f"test.{run}",
+        "group_id": f"test.{uuid.uuid4().hex[:8]}",
         "destination": {
             "type": API,
             "url": f"{sandbox_url}/rally-uxr/api/public/v1",
@@ -33,13 +36,16 @@ def uxr_settings(bootstrap: str, sandbox_url: str, topic: str, **sink: Any) -> S
             base[key] = {**base[key], **value}
         else:
             base[key] = value
-    doc = {
+    return {
         "kafka": {"bootstrap.servers": bootstrap},
-        "metrics": {"listen": "127.0.0.1:0"},
+        "metrics": {"listen": listen},
         "shutdown_timeout": "10s",
         "sinks": [base],
     }
-    return parse_settings(doc, env={})
+
+
+def uxr_settings(bootstrap: str, sandbox_url: str, topic: str, **sink: Any) -> Settings:
+    return parse_settings(uxr_config(bootstrap, sandbox_url, topic, **sink), env={})
 
 
 def read_topic(

@@ -13,7 +13,7 @@ from connector.sandbox.control import SandboxClient
 from connector.sandbox.events import json_events, produce, uxr_activity
 from connector.sandbox.harness import ConnectorProcess, drained
 from connector.sandbox.kafka_broker import committed_offsets, create_topic, end_offsets
-from tests.integration.support import API, figure
+from tests.integration.support import API, figure, uxr_config
 
 pytestmark = pytest.mark.integration
 
@@ -30,24 +30,14 @@ def test_sigkill_mid_run_then_restart_loses_nothing(
     # Slow the API down so the kill lands mid-run.
     sandbox.configure(API, latency_ms=250)
     group = f"crash.{uuid.uuid4().hex[:8]}"
-    config = {
-        "kafka": {"bootstrap.servers": kafka_bootstrap},
-        "metrics": {"listen": "127.0.0.1:0"},
-        "sinks": [
-            {
-                "name": "uxr",
-                "topics": [topic],
-                "group_id": group,
-                "destination": {
-                    "type": API,
-                    "url": f"{sandbox_url}/rally-uxr/api/public/v1",
-                    "auth": {"type": "bearer", "token": "${SANDBOX_TOKEN}"},
-                },
-                "batch": {"max_records": 250, "max_wait": "100ms"},
-                "dead_letter": {"topic": f"{topic}.dlq"},
-            }
-        ],
-    }
+    config = uxr_config(
+        kafka_bootstrap,
+        sandbox_url,
+        topic,
+        group_id=group,
+        destination={"auth": {"type": "bearer", "token": "${SANDBOX_TOKEN}"}},  # from the environment
+        batch={"max_records": 250, "max_wait": "100ms"},
+    )
     connector = ConnectorProcess(config, tmp_path, env={"SANDBOX_TOKEN": "sandbox-token"}).start()
     deadline = time.monotonic() + 120
     while sandbox.stats(API)["accepted"] < RECORDS // 2:

@@ -21,7 +21,7 @@ from connector.sandbox.events import json_events, produce, uxr_activity
 from connector.sandbox.harness import ConnectorProcess, ConnectorThread, drained
 from connector.sandbox.kafka_broker import KafkaBroker, committed_offsets, create_topic, end_offsets
 from connector.sandbox.scenarios import status_poll_share
-from tests.integration.support import API, figure, headers_of, read_topic, uxr_settings
+from tests.integration.support import API, figure, headers_of, read_topic, uxr_config, uxr_settings
 
 pytestmark = pytest.mark.integration
 
@@ -46,31 +46,6 @@ def _records(n: int, poison_every: int = 0) -> list[dict[str, Any]]:
 
 def _seqs(sandbox: SandboxClient) -> list[int]:
     return [int(a["participantId"].removeprefix("seq-")) for a in sandbox.accepted(API)]
-
-
-def _config(
-    bootstrap: str, sandbox_url: str, topic: str, group: str, port: int, **sink: Any
-) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "name": "uxr",
-        "topics": [topic],
-        "group_id": group,
-        "destination": {
-            "type": API,
-            "url": f"{sandbox_url}/rally-uxr/api/public/v1",
-            "auth": {"type": "bearer", "token": "sandbox-token"},
-        },
-        "batch": {"max_records": 200, "max_wait": "100ms"},
-        "delivery": {"concurrency": 4, "retry": {"initial_backoff": "50ms", "max_backoff": "1s"}},
-        "dead_letter": {"topic": f"{topic}.dlq"},
-        **sink,
-    }
-    return {
-        "kafka": {"bootstrap.servers": bootstrap},
-        "metrics": {"listen": f"127.0.0.1:{port}"},
-        "shutdown_timeout": "10s",
-        "sinks": [base],
-    }
 
 
 def _get(port: int, path: str) -> tuple[int, str]:
@@ -115,12 +90,12 @@ def test_broker_sigkill_and_restart_loses_nothing_and_readiness_follows(
         sandbox.configure(API, latency_ms=150)
         group, port = f"brokerkill.{uuid.uuid4().hex[:8]}", _free_port()
         # Little prefetched and buffered, so the outage stops delivery rather than the buffer carrying it.
-        config = _config(
+        config = uxr_config(
             bootstrap,
             sandbox_url,
             topic,
-            group,
-            port,
+            listen=f"127.0.0.1:{port}",
+            group_id=group,
             consumer={"queued.max.messages.kbytes": 64},
             batch={
                 "max_records": 200,
@@ -191,12 +166,12 @@ def test_five_connector_sigkills_lose_nothing_and_repeat_only_what_was_in_flight
     produce(kafka_bootstrap, topic, json_events(_records(records)))
     sandbox.configure(API, latency_ms=250)
     group, port = f"kills.{uuid.uuid4().hex[:8]}", _free_port()
-    config = _config(
+    config = uxr_config(
         kafka_bootstrap,
         sandbox_url,
         topic,
-        group,
-        port,
+        listen=f"127.0.0.1:{port}",
+        group_id=group,
         # Static membership: a restarted replica takes its partitions back at once.
         consumer={"group.instance.id": "replica-0"},
         batch={"max_records": max_records, "max_wait": "100ms"},
