@@ -315,10 +315,8 @@ class SinkTask:
     def _import_done(self, tracked: Tracked, done: Done, outcome: str) -> None:
         """An import ended; its failed records are dead-lettered with reason import_failed."""
         hold = self.destination.ack_completed
-        if not done.failed and not hold:
-            self.m.imports(outcome)
-            return  # the common case: nothing to settle or dead-letter, no record looked at
-        for i, record in enumerate(tracked.records):
+        # Usually nothing failed and nothing waits to settle: then no record needs looking at.
+        for i, record in enumerate(tracked.records if done.failed or hold else ()):
             message = done.failed.get(i)
             if message is not None:
                 self.dead_letter(

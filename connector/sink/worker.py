@@ -104,7 +104,7 @@ class SinkWorker:
         self._stopped_since: float | None = None  # when intake stopped (buffer full, or a schema awaited)
         self._reshare_due = False  # a rebalance changed the partitions: recompute the budget share
         self._reshare_at = 0.0  # when the share may be computed again (the metadata could not be read)
-        self._reshare_retry = RESHARE_RETRY / 2
+        self._reshare_failures = 0  # lookups failed in a row: each waits longer before the next
         self._resume_due: set[tuple[str, int]] = set()  # assigned since: resumed unless intake is stopped
         self._commit_started: float | None = None  # when the commit in flight was started
         self._last_commit = 0.0
@@ -276,12 +276,13 @@ class SinkWorker:
         mine = self.offsets.assigned()
         total = None if counts is None else subscribed_partitions(self.subscription, mine, counts)
         if total is None:
-            # The share stays as it was meanwhile; each failed lookup waits longer before the next.
-            self._reshare_retry = min(2 * self._reshare_retry, RESHARE_MAX_RETRY)
-            self._reshare_at = now + self._reshare_retry
+            # The share stays as it was meanwhile.
+            delay = min(RESHARE_RETRY * 2 ** min(self._reshare_failures, 8), RESHARE_MAX_RETRY)
+            self._reshare_failures += 1
+            self._reshare_at = now + delay
             return
         self._reshare_due = False
-        self._reshare_retry = RESHARE_RETRY / 2
+        self._reshare_failures = 0
         self.task.service.rate_limiter.set_partitions(self.name, len(mine), total)
         log.info(
             "%s: %d of %d partitions: %.0f%% of the API's rate-limit budget for this sink's partitions",
