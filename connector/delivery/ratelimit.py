@@ -82,6 +82,12 @@ class Budget:
             self.remaining -= 1
             self.next_start = now + (self.reset_at - now) / (max(self.remaining, 0) + 1)
 
+    def answered_without_headers(self) -> None:
+        """An answer told nothing of the window (an API that sends its headers only on some answers, a
+        proxy's 5xx): a new window's probe is answered all the same, so the others need not wait for it
+        (they waited PROBE_TIMEOUT each: one request a second for as long as answers came bare)."""
+        self.probe_until = 0.0
+
     def learn(
         self, remaining: int, reset_in: float, started_since: int, now: float, share: float = 1.0
     ) -> None:
@@ -94,7 +100,8 @@ class Budget:
         self.paced = True
         self.probe_until = 0.0
         reset_at = now + max(0.0, reset_in)
-        estimate = math.floor(remaining * share) - started_since
+        # (An epsilon: 49 * (1/49) is 0.999... in floating point, and a whole request would be lost.)
+        estimate = math.floor(remaining * share + 1e-9) - started_since
         if self.remaining is None or reset_at > self.reset_at + 0.5:
             self.remaining = estimate  # a new window
         else:
@@ -239,6 +246,8 @@ class RateLimiter:
             self.window.budget.learn(
                 remaining, reset_in, self.window.started - number, now, self.window.share
             )
+        else:
+            self.window.budget.answered_without_headers()
         if status == 429:
             wait = retry_after(headers.get("retry-after"))
             if wait is None:
@@ -260,9 +269,7 @@ def budget_of(headers: Mapping[str, str], wall_now: float) -> tuple[int | None, 
     reset = _number(headers.get("x-ratelimit-reset") or headers.get("ratelimit-reset"))
     structured = headers.get("ratelimit")
     if structured and (remaining is None or reset is None):
-        found = {k: float(v) for k, v in _STRUCTURED.findall(structured)}
-        r = found.get("remaining", found.get("r"))
-        t = found.get("reset", found.get("t"))
+        r, t = _tightest(structured)
         remaining = int(r) if remaining is None and r is not None else remaining
         reset = t if reset is None else reset
     if reset is None:
@@ -272,6 +279,22 @@ def budget_of(headers: Mapping[str, str], wall_now: float) -> tuple[int | None, 
         reset = reset / 1000
     reset_in = reset - wall_now if reset >= EPOCH_THRESHOLD else reset
     return remaining, max(0.0, reset_in)
+
+
+def _tightest(structured: str) -> tuple[float | None, float | None]:
+    """(remaining, reset) of the policy with the fewest requests left, from an IETF `RateLimit` header,
+    which may list several (`"burst";r=0;t=1, "day";r=5000;t=86400`): the spent one is what binds."""
+    best: tuple[float | None, float | None] = (None, None)
+    # Policies are named ("burst";r=0;t=1); the older draft's one policy uses commas between its keys.
+    for policy in re.split(r',\s*(?=")', structured):
+        found = {k: float(v) for k, v in _STRUCTURED.findall(policy)}
+        r = found.get("remaining", found.get("r"))
+        t = found.get("reset", found.get("t"))
+        if r is None and t is None:
+            continue
+        if best == (None, None) or (r is not None and (best[0] is None or r < best[0])):
+            best = (r, t)
+    return best
 
 
 def _number(value: str | None) -> float | None:

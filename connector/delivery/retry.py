@@ -44,20 +44,26 @@ def decide(
     return destination.read_refusal(status, body, request, batch)
 
 
+RETRY_AFTER_MAX = 3600.0  # seconds: a longer Retry-After (or inf, 1e400) is taken as this
+
+
 def retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta seconds or an HTTP date)."""
+    """Seconds to wait from a Retry-After header (delta seconds or an HTTP date), at most an hour: an
+    answer asking for more (or for infinity) must not freeze its batch, and with it the commit point."""
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return None if seconds != seconds else min(RETRY_AFTER_MAX, max(0.0, seconds))
     try:
         when = parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError, IndexError):
         return None
-    return max(0.0, when - (time.time() if now is None else now))
+    return min(RETRY_AFTER_MAX, max(0.0, when - (time.time() if now is None else now)))
 
 
 class Backoff:

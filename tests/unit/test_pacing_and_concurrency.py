@@ -211,3 +211,38 @@ def test_the_partitions_a_subscription_covers() -> None:
     # A topic whose metadata came with an error, or an owned topic not in the metadata: not known yet.
     assert subscribed_partitions(["a", "b"], [], {**counts, "b": None}) is None
     assert subscribed_partitions(["a"], [("gone", 0)], counts) is None
+
+
+def test_api_answers_of_unexpected_size_or_shape_neither_freeze_nor_flood() -> None:
+    """What an adversarial review found, each seen from outside:
+    - a Retry-After of inf or 1e400 on a retried 500 froze its batch (and the commit point) for good;
+    - of several IETF RateLimit policies the last one was taken, not the spent one;
+    - a 1/49 share of 49 requests left rounded down to 0 (floating point) and waited out the window;
+    - once headers were seen, answers without them left one request a second (each a new window's
+      probe waited PROBE_TIMEOUT for an answer that never said anything)."""
+    from connector.delivery.ratelimit import budget_of
+    from connector.delivery.retry import RETRY_AFTER_MAX, Backoff, retry_after
+
+    for header in ("inf", "1e400", "99999999999", "nan"):
+        wait = Backoff(0.5, 30.0).delay(1, retry_after(header))
+        assert wait <= RETRY_AFTER_MAX, (header, wait)
+    assert budget_of({"ratelimit": '"burst";r=0;t=1, "day";r=5000;t=86400'}, 1.7e9) == (0, 1.0)
+    assert budget_of({"ratelimit": "remaining=7, reset=30"}, 1.7e9) == (7, 30.0)  # one policy as before
+
+    share = Budget()
+    share.learn(remaining=49, reset_in=60, started_since=0, now=0.0, share=1 / 49)
+    assert share.remaining == 1
+
+    clock = [0.0]
+    limiter = RateLimiter(Metrics().sink("s"), clock=lambda: clock[0])
+    limiter.observe(429, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "1"}, 0)  # headers once
+    limiter.window.hold_until = 0.0
+    starts = 0
+    clock[0] = 2.0
+    while clock[0] < 4.0:  # 2 s of answers (10 ms each) that carry no rate-limit headers
+        if limiter._earliest(clock[0]) <= clock[0]:
+            limiter.window.budget.started(clock[0])
+            starts += 1
+            limiter.observe(200, {}, starts)
+        clock[0] += 0.01
+    assert starts > 100, starts
