@@ -90,10 +90,18 @@ class _RallyUxrImport(Destination):
             return Pending()
         if state not in ("COMPLETED", "ERROR"):
             return Pending()
-        if state == "ERROR" and failed_records is None:
+        if state == "ERROR" and not failed_records:
+            # null means the whole import failed; an empty list under ERROR names no one, so the same is
+            # assumed rather than reading a failed import as delivered (a dead letter can be replayed).
             return Done(dict.fromkeys(range(len(batch)), "the import failed (status ERROR)"))
         if not failed_records:
             return Done()  # the common case: nothing to match, so no record is looked at
+        if not isinstance(failed_records, list) or not all(isinstance(i, dict) for i in failed_records):
+            # Which records failed cannot be read: none is taken as delivered.
+            log.warning("%s: import status lists failedRecords of an unexpected shape", self.type)
+            return Done(
+                dict.fromkeys(range(len(batch)), f"unreadable failedRecords in import status ({state})")
+            )
         names = {str(v) for item in failed_records for v in item.values() if v is not None}
         failed = {
             i: f"failed in import ({state})"

@@ -1,7 +1,7 @@
 import orjson
 
 from connector.codec import compile_validator, load_schema
-from connector.destinations.base import GiveUp, RetryAfter, Split, Success
+from connector.destinations.base import Done, GiveUp, RetryAfter, Split, Success
 from connector.destinations.rally_uxr import RallyUxrActivities
 from tests.unit.helpers import activity, record
 
@@ -94,3 +94,23 @@ def test_validation_schema_and_zone_rule() -> None:
         == "activityAt: 'yesterday' is not an ISO-8601 date-time"
     )
     assert DEST.check({**good, "activityAt": "2026-11-07T05:31:56+02:00"}) is None
+
+
+def test_import_status_that_names_no_one_never_reads_as_delivered() -> None:
+    """ERROR with an empty list, or failedRecords of another shape, fails every record (none is lost)."""
+    batch = [record(activity("a"), 0), record(activity("b"), 1)]
+    request = DEST.build(batch)
+
+    def status(state: str, failed: object) -> bytes:
+        return orjson.dumps({"importId": "i", "status": state, "failedRecords": failed})
+
+    every = Done(dict.fromkeys(range(2), "the import failed (status ERROR)"))
+    assert DEST.read_status(200, status("ERROR", None), request, batch) == every
+    assert DEST.read_status(200, status("ERROR", []), request, batch) == every
+    unreadable = Done(dict.fromkeys(range(2), "unreadable failedRecords in import status (COMPLETED)"))
+    for failed in ("a", ["a"], {"personId": "a"}, [{"personId": "a"}, 3]):
+        assert DEST.read_status(200, status("COMPLETED", failed), request, batch) == unreadable
+    assert DEST.read_status(200, status("COMPLETED", []), request, batch) == Done()
+    assert DEST.read_status(200, status("COMPLETED", [{"personId": "b"}]), request, batch) == Done(
+        {1: "failed in import (COMPLETED)"}
+    )
