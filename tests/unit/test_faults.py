@@ -4,6 +4,7 @@ either unit, status polls after data, a missing status endpoint, unknown reasons
 from __future__ import annotations
 
 import asyncio
+import heapq
 import socket
 import time
 from typing import Any
@@ -465,3 +466,52 @@ def test_registry_and_token_endpoint_errors_are_in_the_error_tree() -> None:
     assert issubclass(TokenEndpointError, ConnectorError) and issubclass(
         TokenEndpointError, httpx.TransportError
     )
+
+
+def test_the_first_status_request_is_learnt_from_how_long_imports_take() -> None:
+    """A fixed first pause of 0.5 s held every import's records at least that long (imports of 0.3 s
+    capped throughput at the followed records' bound per 0.5 s); imports of 3 s took 4 requests each.
+    The first pause now settles just above how long imports take, about one request per import."""
+    from connector.delivery.imports import MAX_PAUSE, MIN_FIRST_PAUSE
+    from connector.destinations.base import FollowUp, Pending
+
+    now = [0.0]
+    follower = ImportFollower(
+        _StatusService([]),  # type: ignore[arg-type]
+        lambda t, d, outcome: None,
+        lambda status, pending: None,
+        clock=lambda: now[0],
+    )
+
+    def follow(takes: float) -> int:
+        """One import that ends `takes` seconds after its 202; the status requests it took."""
+        follower.add(Tracked([record(activity("a"))], Request("GET", "/imports/i", b""), "i"))
+        for polls in range(1, 50):
+            due, _, entry = heapq.heappop(follower._due)
+            now[0] = due
+            follower._read(entry, Done() if now[0] - entry.accepted_at >= takes else Pending())
+            if not follower._due:
+                return polls
+        raise AssertionError("never ended")
+
+    for takes in (0.3, 3.0, 0.3):
+        requests = [follow(takes) for _ in range(300)][100:]  # once learnt
+        assert takes <= follower.first_pause <= takes * 1.5, (takes, follower.first_pause)
+        assert sum(requests) / len(requests) <= 1.2, (takes, sum(requests) / len(requests))
+
+    # Bounded both ways; a follow-up's answer or a later answer teaches nothing.
+    for _ in range(200):
+        follow(0.0)
+    assert follower.first_pause == MIN_FIRST_PAUSE
+    for _ in range(60):
+        follow(100.0)
+    assert follower.first_pause == MAX_PAUSE
+    # An error file to fetch (FollowUp) means the import ended; a follow-up request teaches nothing.
+    tracked = Tracked([record(activity("a"))], Request("GET", "/imports/f", b""), "f")
+    follower.add(tracked)
+    _, _, entry = heapq.heappop(follower._due)
+    follower._read(entry, FollowUp(Request("GET", "/errors/f", b"")))
+    assert follower.first_pause == MAX_PAUSE * 0.97
+    _, _, entry = heapq.heappop(follower._due)
+    follower._read(entry, Pending())
+    assert follower.first_pause == MAX_PAUSE * 0.97
