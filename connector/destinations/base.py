@@ -125,6 +125,9 @@ class Destination:
     # Records in the API's own field names where those are not Avro names (mediarithmics' `$ts`): the
     # schema's names from them, before validation. None: the schema's names are the API's.
     from_api_names: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # Set by the pipeline when each record's payload is exactly what its JSON value decodes to (format
+    # json, no mapping): a builder may then send the value's bytes instead of encoding the payload again.
+    payload_is_value: bool = False
 
     def check(self, payload: dict[str, Any]) -> str | None:
         """A rule the schema cannot say (e.g. a timestamp's zone); the problem in words, or None."""

@@ -41,6 +41,9 @@ def build_sink(
     m = metrics.sink(settings.name)
     destination, max_records = for_sink(settings, index)
     mapper = mapper_for(settings, destination, index)
+    destination.payload_is_value = (
+        settings.format == "json" and mapper is None and destination.from_api_names is None
+    )
     dest = settings.destination
     creds = credentials(dest.auth)
     headers = dest.options.get("headers")

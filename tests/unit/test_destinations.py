@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 import pytest
+from confluent_kafka import Message
 
 from connector.codec import compile_validator, load_schema, validator_for
 from connector.destinations import make_destination
@@ -16,6 +17,7 @@ from connector.destinations.mediarithmics import MediarithmicsUserActivities
 from connector.destinations.rally_crm import RallyCrmActivities
 from connector.destinations.rally_uxr import RallyUxrPeople
 from connector.errors import ConfigError
+from connector.records import Record
 from connector.sandbox.events import crm_activity, mics_activity, uxr_person
 from tests.unit.helpers import record
 
@@ -257,6 +259,51 @@ def test_bulk_bodies(options: dict[str, Any], content: bytes, content_type: str)
     request = dest.build([record({"id": 1}), record({"id": 2}, 1)])
     assert (request.path, request.content, request.content_type) == ("/r", content, content_type)
     assert request.headers == {"X-Tenant": "t1"}
+
+
+def _raw(value: bytes, offset: int = 0) -> Record:
+    """A record whose JSON value is exactly `value` (as produced), decoded to its payload."""
+    r = Record.of(Message(topic="t", partition=0, offset=offset, key=b"k", value=value))
+    r.payload = orjson.loads(value)
+    return r
+
+
+@pytest.mark.parametrize("body", ["ndjson", "json_array", "object"])
+def test_bulk_bodies_carry_json_values_as_produced(body: str) -> None:
+    """Encoding each decoded payload again cost about a sixth of the time into http.bulk. When payloads are
+    exactly their values (format json, no mapping), the values are spliced into the body as they are;
+    a value with its own line breaks (pretty-printed) cannot be an NDJSON line, so that batch is encoded."""
+    dest = HttpBulk({"body": body})
+    values = [b'{"id": 1, "n": 1.50}', b' {"id":2,"s":"a\\nb"}\t']
+    dest.payload_is_value = True
+    spliced = dest.build([_raw(v, i) for i, v in enumerate(values)]).content
+    expected = {
+        "ndjson": b'{"id": 1, "n": 1.50}\n {"id":2,"s":"a\\nb"}\t\n',
+        "json_array": b'[{"id": 1, "n": 1.50}, {"id":2,"s":"a\\nb"}\t]',
+        "object": b'{"records":[{"id": 1, "n": 1.50}, {"id":2,"s":"a\\nb"}\t]}',
+    }[body]
+    assert spliced == expected
+    dest.payload_is_value = False
+    encoded = dest.build([_raw(v, i) for i, v in enumerate(values)]).content
+    assert (
+        _documents(spliced, body)
+        == _documents(encoded, body)
+        == [{"id": 1, "n": 1.5}, {"id": 2, "s": "a\nb"}]
+    )
+    # Values spanning lines: NDJSON encodes the batch; JSON bodies may still splice them.
+    for pretty in (b'{\n  "id": 3\n}', b'{"id": 3}\r'):
+        dest.payload_is_value = True
+        content = dest.build([_raw(values[0]), _raw(pretty, 1)]).content
+        assert _documents(content, body) == [{"id": 1, "n": 1.5}, {"id": 3}]
+        if body == "ndjson":
+            assert content == b'{"id":1,"n":1.5}\n{"id":3}\n'
+
+
+def _documents(content: bytes, body: str) -> list[Any]:
+    if body == "ndjson":
+        return [orjson.loads(line) for line in content.splitlines()]
+    document = orjson.loads(content)
+    return list(document if body == "json_array" else document["records"])
 
 
 def test_bulk_errors_at_the_pointer_are_rejections() -> None:
