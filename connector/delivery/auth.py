@@ -1,8 +1,9 @@
 """Credentials on requests, for each configured auth type. Secrets are revealed only into header values.
 
-Static credentials (bearer, api_key, header) are default headers of the sink's HTTP client. OAuth2 client
-credentials is an httpx auth flow: the token is cached, refreshed shortly before it expires, and fetched
-anew once when the API answers 401 (the token may have been revoked early).
+Static credentials (bearer, api_key, header) are default headers of the HTTP clients. OAuth2 client
+credentials: the token is cached, refreshed shortly before it expires, and fetched anew once when the API
+answers 401 (the token may have been revoked early); the sink's client asks `token()` itself
+(connector.delivery.http), the source's httpx client uses this as its auth flow.
 """
 
 from __future__ import annotations
@@ -51,14 +52,15 @@ class OAuth2ClientCredentials(httpx.Auth):
         self.fetched = 0  # tokens fetched so far
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        token = await self._get()
+        token = await self.token()
         request.headers["Authorization"] = f"Bearer {token}"
         response = yield request
         if response.status_code == 401:
-            request.headers["Authorization"] = f"Bearer {await self._get(stale=token)}"
+            request.headers["Authorization"] = f"Bearer {await self.token(stale=token)}"
             yield request
 
-    async def _get(self, stale: str | None = None) -> str:
+    async def token(self, stale: str | None = None) -> str:
+        """The access token to send; a new one when `stale` (answered 401) is still the cached one."""
         async with self._lock:
             token = self._token
             if (

@@ -1,11 +1,15 @@
 """Following accepted imports to their end: one poller per sink, spread over all its imports.
 
 An API that imports asynchronously (Rally UXR, mediarithmics) answers 202 with an id and fails records
-later. Each import is asked about with growing pauses (up to 5 s), one request at a time for the whole
-sink, not one loop per import; status requests use only the rate-limit budget data requests leave.
+later. Each import is asked about with growing pauses (up to 5 s) by one poller per sink, not one loop
+per import, with at most `parallel` status requests out at once (one at a time held each import's records
+for the round trips of all the imports due before it: with 100 ms round trips, at most 10 imports a
+second could end), and one at a time until the endpoint has answered for some import; status requests use
+only the rate-limit budget data requests leave.
 
-The first pause is learnt from how long the sink's imports take: shorter when an import was found ended at
-its first request, longer when it was not, so that about nine in ten end by their first request. Asking too
+The first pause is learnt from how long the sink's imports take: a little shorter than an import's own
+first pause when it was found ended at its first request, longer when it was not, so that about nine in
+ten end by their first request. Asking too
 late holds their records (bounded: connector.sink.backpressure) and so throughput; asking too early wastes
 requests.
 
@@ -42,8 +46,9 @@ GRACE = 10.0  # seconds after the 202 during which "not found" means "not visibl
 FIRST_PAUSE = 0.5  # seconds before an import's first status request, until learnt
 MIN_FIRST_PAUSE = 0.05
 MAX_PAUSE = 5.0
-# How the first pause is learnt: times SOONER when an import ended by its first request, LATER when not.
-# At rest p*ln(SOONER) + (1-p)*ln(LATER) = 0, p being the share ended by the first request: here 0.9.
+# How the first pause is learnt: an import's own first pause times SOONER when it ended by its first
+# request, LATER when not. At rest p*ln(SOONER) + (1-p)*ln(LATER) = 0, p being the share that ended by
+# their first request: here 0.9.
 SOONER, LATER = 0.97, 1.3
 MAX_POLLS = 400  # non-terminal answers before an import's records count as failed (about 30 min)
 
@@ -54,6 +59,7 @@ class Followed:
     request: Request
     accepted_at: float
     pause: float
+    first: float = 0.0  # the pause before its first status request, as learnt when it was accepted
     polls: int = 0  # answers that said the import is not finished
     dropped: bool = False
     seen: bool = False  # the status endpoint has answered for this import
@@ -70,37 +76,41 @@ class ImportFollower:
         on_done: Callable[[Tracked, Done, str], None],
         on_unsupported: Callable[[int, list[Tracked]], None],
         clock: Callable[[], float] = time.monotonic,
+        parallel: int = 1,
     ) -> None:
         self._service = service
+        self._parallel = max(1, parallel)
         self._on_done = on_done
         self._on_unsupported = on_unsupported
         self._clock = clock
         self._due: list[tuple[float, int, Followed]] = []
         self._order = itertools.count()
         self._wake = asyncio.Event()
-        self._asking: Followed | None = None  # the import whose status request is out now
+        self._asking: list[Followed] = []  # the imports whose status requests are out now
+        self._requests: set[asyncio.Task[None]] = set()
+        self._error: Exception | None = None  # what a status request raised, for run() to raise
         self._found_any = False  # the status endpoint has answered for some import of this sink
         self.first_pause = FIRST_PAUSE  # learnt: see the module's docstring
         self.unsupported: int | None = None  # the status that showed the endpoint does not exist
 
     def __len__(self) -> int:
-        return len(self._due) + (self._asking is not None)
+        return len(self._due) + len(self._asking)
 
     def followed(self) -> list[Tracked]:
-        """Every import still followed, including the one being asked about."""
-        asking = [self._asking.tracked] if self._asking is not None else []
-        return [*asking, *(entry.tracked for _, _, entry in self._due)]
+        """Every import still followed, including those being asked about."""
+        return [*(e.tracked for e in self._asking), *(entry.tracked for _, _, entry in self._due)]
 
     def add(self, tracked: Tracked) -> None:
         now = self._clock()
-        entry = Followed(tracked, tracked.status, now, self.first_pause)
+        entry = Followed(tracked, tracked.status, now, self.first_pause, self.first_pause)
         heapq.heappush(self._due, (now + entry.pause, next(self._order), entry))
         self._wake.set()
 
     def drop(self, keep: Callable[[Tracked], bool]) -> None:
         """Forget the imports for which `keep` is false (their partitions were revoked)."""
-        if self._asking is not None and not keep(self._asking.tracked):
-            self._asking.dropped = True
+        for entry in self._asking:
+            if not keep(entry.tracked):
+                entry.dropped = True
         kept = [item for item in self._due if keep(item[2].tracked)]
         # Records of the partitions kept are still this sink's to settle: an import goes only when none is.
         if len(kept) != len(self._due):
@@ -109,30 +119,44 @@ class ImportFollower:
 
     async def run(self) -> None:
         """Poll until cancelled. DestinationAuthError (status refused our credentials) propagates."""
-        while True:
-            if not self._due:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            due, _, entry = self._due[0]
-            now = self._clock()
-            if due > now:
+        try:
+            while True:
+                if self._error is not None:
+                    raise self._error
+                now = self._clock()
+                # One at a time until the endpoint has answered for an import: it may not exist.
+                free = len(self._asking) < (self._parallel if self._found_any else 1)
+                if free and self._due and self._due[0][0] <= now:
+                    entry = heapq.heappop(self._due)[2]
+                    self._asking.append(entry)
+                    request = asyncio.create_task(self._ask(entry))
+                    self._requests.add(request)
+                    request.add_done_callback(self._requests.discard)
+                    continue
+                # Woken by a new import or an answer; otherwise at the next due time, if one may go then.
+                wait = self._due[0][0] - now if free and self._due else None
                 self._wake.clear()
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation (shutdown).
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(due - now):
+                    async with asyncio.timeout(wait):
                         await self._wake.wait()
-                continue
-            heapq.heappop(self._due)
-            self._asking = entry
-            try:
-                primary = entry.request is entry.tracked.status
-                reading = await self._service.poll_status(entry.request, entry.tracked.records, primary)
-            finally:
-                self._asking = None
-            if entry.dropped:
-                continue  # its partitions were revoked while it was asked about
-            self._read(entry, reading)
+        finally:
+            for request in self._requests:
+                request.cancel()
+
+    async def _ask(self, entry: Followed) -> None:
+        try:
+            primary = entry.request is entry.tracked.status
+            reading = await self._service.poll_status(entry.request, entry.tracked.records, primary)
+        except Exception as exc:
+            self._error = exc
+            return
+        finally:
+            self._asking = [e for e in self._asking if e is not entry]  # by identity: no field compares
+            self._wake.set()
+        if entry.dropped or self.unsupported is not None:
+            return  # its partitions were revoked, or following stopped, while it was asked about
+        self._read(entry, reading)
 
     def _read(self, entry: Followed, reading: object) -> None:
         now = self._clock()
@@ -154,7 +178,9 @@ class ImportFollower:
             entry.seen = self._found_any = True
             if entry.polls == 0 and entry.request is tracked.status:  # the import's first answer
                 ended = isinstance(reading, (Done, FollowUp))
-                learnt = self.first_pause * (SOONER if ended else LATER)
+                # From the pause this import had, not the current one: the imports accepted meanwhile all
+                # had about the same pause, and their answers must not compound (0.97^50 or 1.3^50).
+                learnt = entry.first * (SOONER if ended else LATER)
                 self.first_pause = min(max(learnt, MIN_FIRST_PAUSE), MAX_PAUSE)
             if isinstance(reading, Done):
                 self._on_done(tracked, reading, "failed" if reading.failed else "completed")
@@ -179,6 +205,6 @@ class ImportFollower:
             self._service.destination.type,
             status,
         )
-        pending = [entry.tracked, *(e.tracked for _, _, e in self._due)]
+        pending = [entry.tracked, *(e.tracked for e in self._asking), *(e.tracked for _, _, e in self._due)]
         self._due = []
         self._on_unsupported(status, pending)

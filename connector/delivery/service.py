@@ -27,13 +27,12 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-
-import httpx
 
 from connector.config import DeliverySettings
 from connector.delivery.concurrency import ConcurrencyLimiter
+from connector.delivery.http import HttpClient, NoAnswer, NoAnswerWhy
 from connector.delivery.ratelimit import ApiWindow, RateLimiter
 from connector.delivery.retry import OVERLOAD_STATUSES, RETRY_STATUSES, STOP_STATUSES, Backoff, decide
 from connector.destinations.base import (
@@ -64,9 +63,6 @@ UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
 
 # Answers to a status request that may mean the endpoint does not exist (our assumption of it is wrong).
 MISSING_STATUSES = frozenset({404, 405, 501})
-
-
-_READ = httpx.ByteStream(b"")  # what a read response's stream is replaced by
 
 
 def _unavailable(status: int | None) -> bool:
@@ -124,15 +120,15 @@ class BatchResult:
 class _Answer:
     status: int | None  # None: no answer (timeout, connection error)
     body: bytes
-    headers: httpx.Headers | None
-    why: str = ""  # for no answer: `timeout` or `connection`
+    headers: Mapping[str, str] | None
+    why: NoAnswerWhy = "connection"  # for no answer: why
 
 
 class DeliveryService:
     def __init__(
         self,
         destination: Destination,
-        client: httpx.AsyncClient,
+        client: HttpClient,
         settings: DeliverySettings,
         metrics: SinkMetrics,
         *,
@@ -408,27 +404,14 @@ class DeliveryService:
             self._m.batch_bytes.observe(len(request.content))
         started = time.monotonic()
         answer = _Answer(None, b"", None, "connection")
+        headers = {**request.headers, "Content-Type": request.content_type}
         try:
-            response = await self._client.request(
-                request.method,
-                request.path,
-                content=request.content,
-                headers={"Content-Type": request.content_type},
-            )
-            answer = _Answer(response.status_code, mask(response.content, self._secrets), response.headers)
-            # httpx's response and its stream refer to each other, and the response holds the request and
-            # its body: only the cyclic collector (run seldom here: connector.app) would free that body.
-            # Breaking the cycle frees it as soon as the send is done.
-            for answered in (*response.history, response):  # history: a 401 answered before a new token
-                answered.stream = _READ
-        except httpx.TimeoutException:
-            answer = _Answer(None, b"", None, "timeout")
-        except httpx.TransportError as exc:
-            log.warning("%s: no answer (%s)", self.destination.type, type(exc).__name__)
-        except httpx.HTTPError as exc:
-            # An answer httpx could not read (a corrupt compressed body, a redirect loop): retried.
-            log.warning("%s: unreadable answer (%s)", self.destination.type, type(exc).__name__)
-            answer = _Answer(None, b"", None, "unreadable_answer")
+            got = await self._client.send(request.method, request.path, request.content, headers)
+            answer = _Answer(got.status, mask(got.body, self._secrets), got.headers)
+        except NoAnswer as exc:
+            if exc.why != "timeout":  # an answer that could not be read (a corrupt body) is retried too
+                log.warning("%s: no answer (%s)", self.destination.type, exc)
+            answer = _Answer(None, b"", None, exc.why)
         finally:
             rtt = time.monotonic() - started
             if records:
@@ -456,18 +439,3 @@ class DeliveryService:
             attempts=attempts,
             import_id=import_id,
         )
-
-
-def make_client(
-    base_url: str, headers: dict[str, str], settings: DeliverySettings, auth: httpx.Auth | None = None
-) -> httpx.AsyncClient:
-    """One keep-alive connection pool per sink, sized to its concurrency."""
-    return httpx.AsyncClient(
-        base_url=base_url,
-        headers={"User-Agent": "activity-connector", **headers},
-        auth=auth,
-        timeout=httpx.Timeout(settings.timeout),
-        limits=httpx.Limits(
-            max_connections=settings.concurrency, max_keepalive_connections=settings.concurrency
-        ),
-    )

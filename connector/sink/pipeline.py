@@ -18,8 +18,9 @@ from connector.codec.registry import SchemaRegistry
 from connector.config import SinkSettings
 from connector.deadletter import DeadLetterWriter
 from connector.delivery.auth import credentials
+from connector.delivery.http import AiohttpClient
 from connector.delivery.ratelimit import ApiWindows
-from connector.delivery.service import DeliveryService, make_client
+from connector.delivery.service import DeliveryService
 from connector.destinations import for_sink, mapper_for
 from connector.kafka import config_error, consumer_config, producer_config
 from connector.metrics import Metrics
@@ -50,7 +51,10 @@ def build_sink(
     if isinstance(headers, dict):  # http.bulk's own headers may carry credentials too
         creds.secrets.extend(str(v) for v in headers.values() if len(str(v)) >= 4)
     register(creds.secrets)
-    client = make_client(dest.url, creds.headers, settings.delivery, creds.auth)
+    # One keep-alive pool per sink, sized to its concurrency.
+    client = AiohttpClient(
+        dest.url, creds.headers, settings.delivery.concurrency, settings.delivery.timeout, creds.auth
+    )
     service = DeliveryService(
         destination,
         client,

@@ -117,7 +117,9 @@ class SinkTask:
         self._fetching: set[int] = set()
         self._registry_up = True
         self.lanes = [Lane(Batcher(max_records, max_bytes, max_wait)) for _ in range(lanes)]
-        self.imports = ImportFollower(service, self._import_done, self._imports_unfollowed)
+        self.imports = ImportFollower(
+            service, self._import_done, self._imports_unfollowed, parallel=len(self.lanes)
+        )
         self.dead_letters: DeadLetters | None = None
         self.fatal: BaseException | None = None
         self._tasks: set[asyncio.Task[None]] = set()

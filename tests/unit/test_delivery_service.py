@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from connector.config import DeliverySettings, RetrySettings
+from connector.delivery.http import HttpxClient
 from connector.delivery.service import BatchResult, DeliveryService
 from connector.destinations.rally_uxr import RallyUxrActivities
 from connector.errors import DestinationAuthError
@@ -30,7 +31,7 @@ def _run(handler: Handler, batch: list[Record], attempts: int = 3) -> tuple[Batc
     async def go() -> BatchResult:
         async with httpx.AsyncClient(base_url="http://api", transport=httpx.MockTransport(handler)) as client:
             service = DeliveryService(
-                RallyUxrActivities({}), client, settings, metrics.sink("s"), secrets=["tok-123"]
+                RallyUxrActivities({}), HttpxClient(client), settings, metrics.sink("s"), secrets=["tok-123"]
             )
             return await service.deliver(batch)
 
@@ -125,7 +126,9 @@ def test_outage_probes_once_a_second_without_burning_attempts_and_resumes_at_onc
         nonlocal outage_ends
         outage_ends = time.monotonic() + 3.0
         async with httpx.AsyncClient(base_url="http://api", transport=httpx.MockTransport(handler)) as client:
-            service = DeliveryService(RallyUxrActivities({}), client, settings, metrics.sink("s"))
+            service = DeliveryService(
+                RallyUxrActivities({}), HttpxClient(client), settings, metrics.sink("s")
+            )
             batches = [[record(activity(f"p{i}"), i)] for i in range(4)]
             return await asyncio.gather(*(service.deliver(b) for b in batches))
 

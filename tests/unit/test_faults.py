@@ -4,6 +4,7 @@ either unit, status polls after data, a missing status endpoint, unknown reasons
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import socket
 import time
@@ -17,6 +18,7 @@ from connector.codec.registry import SchemaRegistry
 from connector.config import DeliverySettings, RetrySettings
 from connector.deadletter import dead_letter_headers
 from connector.delivery.auth import TokenEndpointError
+from connector.delivery.http import HttpxClient
 from connector.delivery.imports import GRACE, MAX_POLLS, ImportFollower
 from connector.delivery.ratelimit import MAX_HOLD, ApiWindow, RateLimiter, budget_of
 from connector.delivery.service import DeliveryService, Failure, Tracked
@@ -44,7 +46,9 @@ def _service(
     settings = DeliverySettings(
         concurrency=2, retry=RetrySettings(max_attempts=attempts, initial_backoff=0.001, max_backoff=0.01)
     )
-    return DeliveryService(destination, client, settings, metrics.sink("s"), secrets=secrets or []), metrics
+    return DeliveryService(
+        destination, HttpxClient(client), settings, metrics.sink("s"), secrets=secrets or []
+    ), metrics
 
 
 def test_partial_retries_use_the_records_attempt_budget_and_never_recurse() -> None:
@@ -110,7 +114,7 @@ def test_429_without_a_wait_is_not_hammered() -> None:
             settings = DeliverySettings(
                 retry=RetrySettings(max_attempts=2, initial_backoff=0.02, max_backoff=0.2)
             )
-            service = DeliveryService(RallyUxrActivities({}), c, settings, metrics.sink("s"))
+            service = DeliveryService(RallyUxrActivities({}), HttpxClient(c), settings, metrics.sink("s"))
             return await service.deliver([record(activity("a"))])
 
     result = asyncio.run(go())
@@ -499,6 +503,19 @@ def test_the_first_status_request_is_learnt_from_how_long_imports_take() -> None
         assert takes <= follower.first_pause <= takes * 1.5, (takes, follower.first_pause)
         assert sum(requests) / len(requests) <= 1.2, (takes, sum(requests) / len(requests))
 
+    # Many imports in flight were all given about the same pause: their answers must not compound.
+    for takes, answer, factor in ((0.0, Done(), 0.97), (100.0, Pending(), 1.3)):
+        before = follower.first_pause
+        for _ in range(50):
+            follower.add(Tracked([record(activity("a"))], Request("GET", "/imports/m", b""), "m"))
+        for _ in range(50):  # each import's first answer (one still pending is asked again later)
+            due, _, entry = heapq.heappop(follower._due)
+            assert entry.polls == 0
+            now[0] = max(now[0], due)
+            follower._read(entry, answer)
+        follower._due.clear()
+        assert follower.first_pause == pytest.approx(before * factor), (takes, before, follower.first_pause)
+
     # Bounded both ways; a follow-up's answer or a later answer teaches nothing.
     for _ in range(200):
         follow(0.0)
@@ -515,3 +532,67 @@ def test_the_first_status_request_is_learnt_from_how_long_imports_take() -> None
     _, _, entry = heapq.heappop(follower._due)
     follower._read(entry, Pending())
     assert follower.first_pause == MAX_PAUSE * 0.97
+
+
+def test_status_requests_go_out_in_parallel_up_to_a_bound() -> None:
+    """One status request at a time held every import's records for the round trips of all the imports due
+    before it: with 100 ms round trips, at most 10 imports a second could end, whatever the API's pace."""
+
+    class Slow(_StatusService):
+        def __init__(self) -> None:
+            super().__init__([])
+            self.out = self.most = 0
+
+        async def poll_status(self, request: Request, records: list[Record], primary: bool = True) -> object:
+            self.polls += 1
+            self.out += 1
+            self.most = max(self.most, self.out)
+            await asyncio.sleep(0.05)
+            self.out -= 1
+            return Done()
+
+    service = Slow()
+    done: list[str] = []
+    follower = ImportFollower(
+        service,  # type: ignore[arg-type]
+        lambda t, d, outcome: done.append(str(t.import_id)),
+        lambda status, pending: None,
+        parallel=4,
+    )
+    follower.first_pause = 0.0
+
+    async def go() -> None:
+        runner = asyncio.create_task(follower.run())
+        for i in range(12):
+            follower.add(Tracked([record(activity("a"))], Request("GET", f"/imports/{i}", b""), str(i)))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(runner), timeout=1.0)  # 3 rounds of 50 ms are enough
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+
+    asyncio.run(go())
+    assert sorted(done, key=int) == [str(i) for i in range(12)]
+    assert service.polls == 12 and service.most == 4  # never more than the bound, and the bound is used
+    assert not follower  # nothing left followed
+
+
+def test_a_status_request_that_raises_stops_the_poller_with_that_error() -> None:
+    class Refused(_StatusService):
+        async def poll_status(self, request: Request, records: list[Record], primary: bool = True) -> object:
+            raise DestinationAuthError("rally_uxr.activities: import status refused our credentials")
+
+    follower = ImportFollower(
+        Refused([]),  # type: ignore[arg-type]
+        lambda t, d, outcome: None,
+        lambda status, pending: None,
+        parallel=3,
+    )
+    follower.first_pause = 0.0
+
+    async def go() -> None:
+        follower.add(Tracked([record(activity("a"))], Request("GET", "/imports/x", b""), "x"))
+        await asyncio.wait_for(follower.run(), timeout=5)
+
+    with pytest.raises(DestinationAuthError, match="refused our credentials"):
+        asyncio.run(go())

@@ -15,6 +15,7 @@ from connector.codec.avro import ConfluentAvroDecoder
 from connector.codec.base import DecodeError, SchemaPending
 from connector.codec.registry import SchemaNotFound, SchemaRegistry
 from connector.config import DeliverySettings, RetrySettings
+from connector.delivery.http import HttpxClient
 from connector.delivery.service import DeliveryService
 from connector.destinations.http_bulk import HttpBulk
 from connector.errors import ConfigError, RegistryError
@@ -83,7 +84,7 @@ def test_a_record_that_cannot_be_encoded_is_dead_lettered_alone() -> None:
         async with httpx.AsyncClient(base_url="http://api", transport=httpx.MockTransport(handler)) as client:
             service = DeliveryService(
                 HttpBulk({}),
-                client,
+                HttpxClient(client),
                 DeliverySettings(retry=RetrySettings(max_attempts=2, initial_backoff=0.001)),
                 Metrics().sink("s"),
             )

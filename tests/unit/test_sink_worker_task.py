@@ -21,6 +21,7 @@ from connector.codec.base import SchemaPending
 from connector.codec.json import JsonDecoder
 from connector.codec.schema import validator_for
 from connector.config import DeliverySettings, RetrySettings
+from connector.delivery.http import HttpxClient
 from connector.delivery.service import DeliveryService, Failure
 from connector.destinations.rally_uxr import RallyUxrActivities
 from connector.metrics import Metrics
@@ -144,7 +145,7 @@ def build(
     )
     client = httpx.AsyncClient(base_url="http://api", transport=httpx.MockTransport(handler))
     destination = RallyUxrActivities({})
-    service = DeliveryService(destination, client, settings, m)
+    service = DeliveryService(destination, HttpxClient(client), settings, m)
     task = SinkTask(
         "s",
         JsonDecoder(),

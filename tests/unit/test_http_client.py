@@ -1,0 +1,221 @@
+"""The sink's HTTP client (connector.delivery.http.AiohttpClient) against a real local HTTP server: headers,
+keep-alive, timeouts, no answer, unreadable answers, redirects, and OAuth2's one retry after a 401."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import gzip
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from connector.delivery.auth import OAuth2ClientCredentials
+from connector.delivery.http import AiohttpClient, Answer, NoAnswer
+from connector.errors import DestinationAuthError
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def _serve(routes: dict[str, Handler]) -> tuple[web.AppRunner, str]:
+    app = web.Application()
+    for path, handler in routes.items():
+        app.router.add_route("*", path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+def _run(routes: dict[str, Handler], use: Callable[[str], Awaitable[Any]]) -> Any:
+    async def go() -> Any:
+        runner, url = await _serve(routes)
+        try:
+            return await use(url)
+        finally:
+            await runner.cleanup()
+
+    return asyncio.run(go())
+
+
+def test_headers_body_and_one_kept_alive_connection() -> None:
+    """http.bulk's own headers were built into each request and never sent."""
+    seen: list[tuple[dict[str, str], bytes, object]] = []
+
+    async def records(request: web.Request) -> web.Response:
+        seen.append((dict(request.headers), await request.read(), request.transport))
+        return web.json_response({"ok": True}, status=202, headers={"X-RateLimit-Remaining": "7"})
+
+    async def use(url: str) -> list[Answer]:
+        client = AiohttpClient(url + "/api/v1/", {"Authorization": "Bearer t0ken"}, 2, 5.0)
+        try:
+            return [
+                await client.send(
+                    "POST", "/records", b'{"a":1}', {"Content-Type": "application/json", "X-Tenant": "t1"}
+                )
+                for _ in range(5)
+            ]
+        finally:
+            await client.aclose()
+
+    answers = _run({"/api/v1/records": records}, use)
+    assert [(a.status, a.body, a.headers["x-ratelimit-remaining"]) for a in answers] == [
+        (202, b'{"ok": true}', "7")
+    ] * 5
+    headers, body, _ = seen[0]
+    assert body == b'{"a":1}'
+    assert headers["Authorization"] == "Bearer t0ken" and headers["X-Tenant"] == "t1"
+    assert headers["User-Agent"] == "activity-connector"
+    assert headers["Content-Type"] == "application/json"
+    assert len({id(transport) for _, _, transport in seen}) == 1  # one connection, kept alive
+
+
+@pytest.mark.parametrize(
+    ("path", "why"),
+    [("/slow", "timeout"), ("/gzip-corrupt", "unreadable_answer"), ("/hang-up", "connection")],
+)
+def test_no_usable_answer_says_why(path: str, why: str) -> None:
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(2)
+        return web.Response(text="late")
+
+    async def corrupt(request: web.Request) -> web.Response:
+        return web.Response(body=b"not gzip at all", headers={"Content-Encoding": "gzip"})
+
+    async def hang_up(request: web.Request) -> web.Response:
+        assert request.transport is not None
+        request.transport.close()
+        await asyncio.sleep(0.1)
+        return web.Response(text="never read")
+
+    async def use(url: str) -> str:
+        client = AiohttpClient(url, {}, 1, 0.3)
+        try:
+            await client.send("GET", path, b"", {})
+        except NoAnswer as exc:
+            return exc.why
+        finally:
+            await client.aclose()
+        return "answered"
+
+    assert _run({"/slow": slow, "/gzip-corrupt": corrupt, "/hang-up": hang_up}, use) == why
+
+
+def test_nothing_listening_is_no_answer_and_gzip_is_read() -> None:
+    async def zipped(request: web.Request) -> web.Response:
+        return web.Response(body=gzip.compress(b'{"z":1}'), headers={"Content-Encoding": "gzip"})
+
+    async def use(url: str) -> tuple[bytes, str]:
+        client = AiohttpClient(url, {}, 1, 1.0)
+        nowhere = AiohttpClient("http://127.0.0.1:9", {}, 1, 1.0)
+        try:
+            answer = await client.send("GET", "/z", b"", {})
+            try:
+                await nowhere.send("GET", "/", b"", {})
+            except NoAnswer as exc:
+                return answer.body, exc.why
+            return answer.body, "answered"
+        finally:
+            await client.aclose()
+            await nowhere.aclose()
+
+    assert _run({"/z": zipped}, use) == (b'{"z":1}', "connection")
+
+
+def test_redirects_are_not_followed() -> None:
+    async def moved(request: web.Request) -> web.Response:
+        return web.Response(status=302, headers={"Location": "/elsewhere"})
+
+    async def use(url: str) -> int:
+        client = AiohttpClient(url, {}, 1, 1.0)
+        try:
+            return (await client.send("POST", "/r", b"x", {})).status
+        finally:
+            await client.aclose()
+
+    assert _run({"/r": moved}, use) == 302
+
+
+def test_oauth2_a_401_fetches_a_new_token_once_and_resends() -> None:
+    issued: list[str] = []
+    used: list[str] = []
+
+    async def token(request: web.Request) -> web.Response:
+        form = await request.post()
+        if form.get("client_secret") != "s3cret":
+            return web.json_response({"error": "invalid_client"}, status=401)
+        issued.append(f"tok{len(issued)}")
+        return web.json_response({"access_token": issued[-1], "expires_in": 3600})
+
+    async def api(request: web.Request) -> web.Response:
+        used.append(request.headers["Authorization"])
+        # The first token is revoked early; any later one works.
+        return web.Response(status=401 if request.headers["Authorization"] == "Bearer tok0" else 202)
+
+    async def use(url: str) -> list[int]:
+        auth = OAuth2ClientCredentials(url + "/token", "id", "s3cret")
+        client = AiohttpClient(url, {}, 1, 1.0, auth)
+        try:
+            return [(await client.send("POST", "/api", b"{}", {})).status for _ in range(3)]
+        finally:
+            await client.aclose()
+            await auth.aclose()
+
+    assert _run({"/token": token, "/api": api}, use) == [202, 202, 202]
+    assert issued == ["tok0", "tok1"]
+    assert used == ["Bearer tok0", "Bearer tok1", "Bearer tok1", "Bearer tok1"]
+
+
+@pytest.mark.parametrize(("status", "raised"), [(503, NoAnswer), (401, DestinationAuthError)])
+def test_oauth2_token_endpoint_failures(status: int, raised: type[Exception]) -> None:
+    """A token endpoint that fails is no answer (retried); one that refuses the credentials stops the sink."""
+
+    async def token(request: web.Request) -> web.Response:
+        return web.Response(status=status)
+
+    async def api(request: web.Request) -> web.Response:
+        raise AssertionError("no request without a token")
+
+    async def use(url: str) -> None:
+        auth = OAuth2ClientCredentials(url + "/token", "id", "s3cret")
+        client = AiohttpClient(url, {}, 1, 1.0, auth)
+        try:
+            await client.send("POST", "/api", b"{}", {})
+        finally:
+            await client.aclose()
+            await auth.aclose()
+
+    with pytest.raises(raised):
+        _run({"/token": token, "/api": api}, use)
+
+
+def test_sends_leave_nothing_for_the_cyclic_collector() -> None:
+    """The process runs the cyclic GC seldom (connector.app): what a send leaves in reference cycles (httpx's
+    response and stream held each request body) piles up until it runs."""
+    body = b"x" * 100_000
+
+    async def ok(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=202, text="{}")
+
+    async def use(url: str) -> int:
+        client = AiohttpClient(url, {}, 2, 5.0)
+        try:
+            await client.send("POST", "/r", body, {})  # the session and its pool exist from here on
+            gc.collect()
+            gc.disable()
+            try:
+                for _ in range(50):
+                    await client.send("POST", "/r", body, {})
+                return gc.collect()
+            finally:
+                gc.enable()
+        finally:
+            await client.aclose()
+
+    left = _run({"/r": ok}, use)
+    assert left < 50  # fewer objects in cycles than sends: none left per send
