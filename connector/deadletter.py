@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from connector.delivery.service import Failure
 from connector.metrics import SinkMetrics
@@ -118,6 +118,14 @@ class DeadLetterWriter:
                 )
             except BufferError:
                 return  # librdkafka's queue is full: the rest go on a later poll()
+            except KafkaException as exc:
+                # Refused at once (a dead letter above the producer's message.max.bytes): a failed write,
+                # as if the broker had refused it. It stops the sink; nothing past it is committed.
+                self._waiting.popleft()
+                self._held_bytes -= record.size
+                log.error("dead letter for %r not written: %s", record, exc.args[0] if exc.args else exc)
+                self._on_written(record, failure, False)
+                continue
             self._waiting.popleft()
             self._unacked += 1
 

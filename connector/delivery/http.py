@@ -7,24 +7,66 @@ sandbox servers. httpx stays where requests are few (Schema Registry, token endp
 `check`), and in unit tests, whose fake APIs are httpx MockTransports (`HttpxClient`).
 
 Both keep HTTP/1.1 connections alive, time out connecting, waiting for a connection and reading (each
-`delivery.timeout`), verify TLS against the same trust store (httpx's), honour the proxy environment
-variables and follow no redirects. `send` either returns an `Answer` or raises `NoAnswer` saying why;
-a token endpoint that refuses our client credentials raises DestinationAuthError.
+`delivery.timeout`) and a request as a whole (`deadline`: an upload the other end stopped reading), verify
+TLS against the same trust store (httpx's), go through the proxy the environment names (HTTP(S)_PROXY,
+ALL_PROXY, NO_PROXY: looked up once; ~/.netrc is never read), join the base URL and a path as httpx did,
+and follow no redirects. `send` either returns an `Answer` or raises `NoAnswer` saying why; a token
+endpoint that refuses our client credentials raises DestinationAuthError.
 """
 
 from __future__ import annotations
 
+import asyncio
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
 
 from connector.delivery.auth import OAuth2ClientCredentials, TokenEndpointError
+from connector.errors import ConfigError
 
 NoAnswerWhy = Literal["connection", "timeout", "unreadable_answer"]
 USER_AGENT = "activity-connector"
+MIN_UPLOAD_RATE = 256 * 1024  # bytes/s below which an upload counts as stalled (see `deadline`)
+MAX_HEADER = 65536  # bytes of an answer's header line or field (aiohttp's default, 8190, refused some)
+
+
+def deadline(timeout: float, size: int) -> float:
+    """Seconds a whole request may take. Reading has `timeout` per read, but sending has no such bound: a
+    peer that accepts a connection and never reads would hold the lane for ever. Four timeouts, plus the
+    body's time at MIN_UPLOAD_RATE."""
+    return 4 * timeout + size / MIN_UPLOAD_RATE
+
+
+def join(base: str, path: str) -> str:
+    """`path` under `base`: `https://api/v1` with `/imports` or `imports` is `https://api/v1/imports`; an
+    empty path is the base URL itself."""
+    if not path:
+        return base
+    return base.rstrip("/") + "/" + path.lstrip("/")
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment names for `url` (HTTP(S)_PROXY, ALL_PROXY and NO_PROXY, in either case),
+    as httpx's defaults read them."""
+    parts = urlsplit(url)
+    if urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if proxy is None:
+        return None
+    scheme = urlsplit(proxy).scheme
+    if scheme not in ("http", "https"):
+        # Going direct instead could break or sidestep an egress policy: refuse to start.
+        raise ConfigError(
+            "destination.url", f"the environment's proxy for it is {scheme or 'not a URL'}, not http(s)"
+        )
+    return proxy
 
 
 class NoAnswer(Exception):
@@ -59,13 +101,12 @@ class AiohttpClient:
         timeout: float,
         auth: OAuth2ClientCredentials | None = None,
     ) -> None:
-        self._base = base_url.rstrip("/")
+        self._base = base_url
         self._headers = {"User-Agent": USER_AGENT, **headers}
         self._concurrency = concurrency
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=timeout, sock_connect=timeout, sock_read=timeout
-        )
+        self._timeout = timeout
         self._auth = auth
+        self._proxy = proxy_for(base_url)  # every request goes to the base URL's host
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
@@ -74,14 +115,21 @@ class AiohttpClient:
         connector = aiohttp.TCPConnector(
             limit=2 * self._concurrency, ssl=httpx.create_ssl_context(), enable_cleanup_closed=True
         )
+        t = self._timeout
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, trust_env=True, skip_auto_headers=("User-Agent",)
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, connect=t, sock_connect=t, sock_read=t),
+            proxy=self._proxy,
+            trust_env=False,  # True would read ~/.netrc into requests, and look the proxy up on each
+            skip_auto_headers=("User-Agent",),
+            max_line_size=MAX_HEADER,
+            max_field_size=MAX_HEADER,
         )
         return self._session
 
     async def send(self, method: str, path: str, content: bytes, headers: Mapping[str, str]) -> Answer:
         session = self._session or self._open()
-        url = self._base + path
+        url = join(self._base, path)
         sent = {**self._headers, **headers}
         if self._auth is None:
             return await self._once(session, method, url, content, sent)
@@ -100,15 +148,15 @@ class AiohttpClient:
         except TokenEndpointError as exc:
             raise NoAnswer("connection", str(exc)) from None
 
-    @staticmethod
     async def _once(
-        session: aiohttp.ClientSession, method: str, url: str, content: bytes, headers: dict[str, str]
+        self, session: aiohttp.ClientSession, method: str, url: str, content: bytes, headers: dict[str, str]
     ) -> Answer:
         try:
-            async with session.request(
-                method, url, data=content or None, headers=headers, allow_redirects=False
-            ) as response:
-                return Answer(response.status, await response.read(), response.headers)
+            async with asyncio.timeout(deadline(self._timeout, len(content))):
+                async with session.request(
+                    method, url, data=content or None, headers=headers, allow_redirects=False
+                ) as response:
+                    return Answer(response.status, await response.read(), response.headers)
         except TimeoutError:
             raise NoAnswer("timeout") from None
         except (aiohttp.ClientPayloadError, aiohttp.ClientResponseError) as exc:

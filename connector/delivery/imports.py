@@ -60,6 +60,7 @@ class Followed:
     accepted_at: float
     pause: float
     first: float = 0.0  # the pause before its first status request, as learnt when it was accepted
+    asked: int = 0  # status requests made
     polls: int = 0  # answers that said the import is not finished
     dropped: bool = False
     seen: bool = False  # the status endpoint has answered for this import
@@ -147,16 +148,27 @@ class ImportFollower:
     async def _ask(self, entry: Followed) -> None:
         try:
             primary = entry.request is entry.tracked.status
+            entry.asked += 1
             reading = await self._service.poll_status(entry.request, entry.tracked.records, primary)
-        except Exception as exc:
+            if entry.dropped or self.unsupported is not None:
+                return  # its partitions were revoked, or following stopped, while it was asked about
+            if entry.asked == 1:
+                self._learn(entry, reading)
+            self._read(entry, reading)
+        except Exception as exc:  # raised by run(): settling an import failed, or credentials refused
             self._error = exc
-            return
         finally:
             self._asking = [e for e in self._asking if e is not entry]  # by identity: no field compares
             self._wake.set()
-        if entry.dropped or self.unsupported is not None:
-            return  # its partitions were revoked, or following stopped, while it was asked about
-        self._read(entry, reading)
+
+    def _learn(self, entry: Followed, reading: object) -> None:
+        """The first pause, from the answer to an import's first request: ended (Done, or an error file to
+        fetch) or not (not finished, not found yet, no answer)."""
+        ended = isinstance(reading, (Done, FollowUp))
+        # From the pause this import had, not the current one: the imports accepted meanwhile all had about
+        # the same pause, and their answers must not compound (0.97^50 or 1.3^50).
+        learnt = entry.first * (SOONER if ended else LATER)
+        self.first_pause = min(max(learnt, MIN_FIRST_PAUSE), MAX_PAUSE)
 
     def _read(self, entry: Followed, reading: object) -> None:
         now = self._clock()
@@ -176,12 +188,6 @@ class ImportFollower:
                 return
         elif reading is not None:
             entry.seen = self._found_any = True
-            if entry.polls == 0 and entry.request is tracked.status:  # the import's first answer
-                ended = isinstance(reading, (Done, FollowUp))
-                # From the pause this import had, not the current one: the imports accepted meanwhile all
-                # had about the same pause, and their answers must not compound (0.97^50 or 1.3^50).
-                learnt = entry.first * (SOONER if ended else LATER)
-                self.first_pause = min(max(learnt, MIN_FIRST_PAUSE), MAX_PAUSE)
             if isinstance(reading, Done):
                 self._on_done(tracked, reading, "failed" if reading.failed else "completed")
                 return
@@ -205,6 +211,7 @@ class ImportFollower:
             self._service.destination.type,
             status,
         )
-        pending = [entry.tracked, *(e.tracked for e in self._asking), *(e.tracked for _, _, e in self._due)]
+        asking = (e.tracked for e in self._asking if e is not entry)
+        pending = [entry.tracked, *asking, *(e.tracked for _, _, e in self._due)]
         self._due = []
         self._on_unsupported(status, pending)

@@ -404,7 +404,9 @@ class DeliveryService:
             self._m.batch_bytes.observe(len(request.content))
         started = time.monotonic()
         answer = _Answer(None, b"", None, "connection")
-        headers = {**request.headers, "Content-Type": request.content_type}
+        headers = dict(request.headers)  # http.bulk's own headers; a Content-Type among them wins
+        if not any(name.lower() == "content-type" for name in headers):
+            headers["Content-Type"] = request.content_type
         try:
             got = await self._client.send(request.method, request.path, request.content, headers)
             answer = _Answer(got.status, mask(got.body, self._secrets), got.headers)

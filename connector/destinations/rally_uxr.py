@@ -102,11 +102,20 @@ class _RallyUxrImport(Destination):
             return Done(
                 dict.fromkeys(range(len(batch)), f"unreadable failedRecords in import status ({state})")
             )
-        names = {str(v) for item in failed_records for v in item.values() if v is not None}
+        identities = [self.identity(record) for record in batch]
+        ours = {n for names in identities for n in names}
+        items = [{str(v) for v in item.values() if v is not None} for item in failed_records]
+        if any(not item & ours for item in items):
+            # An entry that names none of the import's records (Rally's own id, another field): which
+            # records failed cannot be told, so none is taken as delivered.
+            log.warning("%s: import status names failed records we cannot match", self.type)
+            message = f"failed in import ({state}); the status named records that cannot be matched"
+            return Done(dict.fromkeys(range(len(batch)), message))
+        names = set().union(*items)
         failed = {
             i: f"failed in import ({state})"
-            for i, record in enumerate(batch)
-            if any(n in names for n in self.identity(record))
+            for i, own in enumerate(identities)
+            if any(n in names for n in own)
         }
         return Done(failed)
 

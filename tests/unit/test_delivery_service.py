@@ -164,3 +164,27 @@ def test_a_sent_body_is_freed_without_the_cyclic_collector() -> None:
     finally:
         gc.enable()
     assert alive == [], f"{len(alive)} of 3 requests (and their bodies) wait for the cyclic collector"
+
+
+def test_http_bulk_sends_its_own_headers_and_its_content_type_wins() -> None:
+    """http.bulk's configured headers were built into each request and never sent."""
+    from connector.destinations.http_bulk import HttpBulk
+
+    seen: list[list[tuple[str, str]]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append([(k.lower(), v) for k, v in request.headers.multi_items()])
+        return httpx.Response(200, json={})
+
+    async def go(headers: dict[str, str]) -> BatchResult:
+        async with httpx.AsyncClient(base_url="http://api", transport=httpx.MockTransport(handler)) as client:
+            destination = HttpBulk({"headers": headers})
+            service = DeliveryService(
+                destination, HttpxClient(client), DeliverySettings(), Metrics().sink("s")
+            )
+            return await service.deliver([record({"id": 1})])
+
+    assert len(asyncio.run(go({"X-Tenant": "t1"})).delivered) == 1
+    assert ("x-tenant", "t1") in seen[0] and ("content-type", "application/json") in seen[0]
+    asyncio.run(go({"content-type": "application/vnd.api+json"}))
+    assert [v for k, v in seen[1] if k == "content-type"] == ["application/vnd.api+json"]

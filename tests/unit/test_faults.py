@@ -8,6 +8,7 @@ import contextlib
 import heapq
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -479,59 +480,86 @@ def test_the_first_status_request_is_learnt_from_how_long_imports_take() -> None
     from connector.delivery.imports import MAX_PAUSE, MIN_FIRST_PAUSE
     from connector.destinations.base import FollowUp, Pending
 
+    class Scripted(_StatusService):
+        """Answers each status request with what `answer(age of the import)` says."""
+
+        def __init__(self) -> None:
+            super().__init__([])
+            self.answer: Callable[[float], object] = lambda age: Done()
+            self.entry: Any = None
+
+        async def poll_status(self, request: Request, records: list[Record], primary: bool = True) -> object:
+            self.polls += 1
+            return self.answer(now[0] - self.entry.accepted_at)
+
     now = [0.0]
+    service = Scripted()
     follower = ImportFollower(
-        _StatusService([]),  # type: ignore[arg-type]
+        service,  # type: ignore[arg-type]
         lambda t, d, outcome: None,
         lambda status, pending: None,
         clock=lambda: now[0],
     )
 
-    def follow(takes: float) -> int:
-        """One import that ends `takes` seconds after its 202; the status requests it took."""
+    async def follow(answer: Callable[[float], object]) -> int:
+        """One import answered by `answer(its age)`; the status requests it took until it ended."""
+        service.answer = answer
         follower.add(Tracked([record(activity("a"))], Request("GET", "/imports/i", b""), "i"))
         for polls in range(1, 50):
-            due, _, entry = heapq.heappop(follower._due)
-            now[0] = due
-            follower._read(entry, Done() if now[0] - entry.accepted_at >= takes else Pending())
+            due, _, service.entry = heapq.heappop(follower._due)
+            now[0] = max(now[0], due)
+            await follower._ask(service.entry)
             if not follower._due:
                 return polls
         raise AssertionError("never ended")
 
-    for takes in (0.3, 3.0, 0.3):
-        requests = [follow(takes) for _ in range(300)][100:]  # once learnt
-        assert takes <= follower.first_pause <= takes * 1.5, (takes, follower.first_pause)
-        assert sum(requests) / len(requests) <= 1.2, (takes, sum(requests) / len(requests))
+    def takes(seconds: float) -> Callable[[float], object]:
+        return lambda age: Done() if age >= seconds else Pending()
 
-    # Many imports in flight were all given about the same pause: their answers must not compound.
-    for takes, answer, factor in ((0.0, Done(), 0.97), (100.0, Pending(), 1.3)):
-        before = follower.first_pause
-        for _ in range(50):
-            follower.add(Tracked([record(activity("a"))], Request("GET", "/imports/m", b""), "m"))
-        for _ in range(50):  # each import's first answer (one still pending is asked again later)
-            due, _, entry = heapq.heappop(follower._due)
-            assert entry.polls == 0
-            now[0] = max(now[0], due)
-            follower._read(entry, answer)
-        follower._due.clear()
-        assert follower.first_pause == pytest.approx(before * factor), (takes, before, follower.first_pause)
+    async def go() -> None:
+        for seconds in (0.3, 3.0, 0.3):
+            requests = [await follow(takes(seconds)) for _ in range(300)][100:]  # once learnt
+            assert seconds <= follower.first_pause <= seconds * 1.5, (seconds, follower.first_pause)
+            assert sum(requests) / len(requests) <= 1.2, (seconds, sum(requests) / len(requests))
 
-    # Bounded both ways; a follow-up's answer or a later answer teaches nothing.
-    for _ in range(200):
-        follow(0.0)
-    assert follower.first_pause == MIN_FIRST_PAUSE
-    for _ in range(60):
-        follow(100.0)
-    assert follower.first_pause == MAX_PAUSE
-    # An error file to fetch (FollowUp) means the import ended; a follow-up request teaches nothing.
-    tracked = Tracked([record(activity("a"))], Request("GET", "/imports/f", b""), "f")
-    follower.add(tracked)
-    _, _, entry = heapq.heappop(follower._due)
-    follower._read(entry, FollowUp(Request("GET", "/errors/f", b"")))
-    assert follower.first_pause == MAX_PAUSE * 0.97
-    _, _, entry = heapq.heappop(follower._due)
-    follower._read(entry, Pending())
-    assert follower.first_pause == MAX_PAUSE * 0.97
+        # Imports not visible at first (404 for a second, or no answer): not a reason to ask sooner.
+        for first_answer in (404, None):
+            before = follower.first_pause
+
+            def not_visible(age: float, first: object = first_answer) -> object:
+                return first if age < 1.0 else Done()
+
+            for _ in range(20):
+                await follow(not_visible)
+            assert follower.first_pause >= before, (first_answer, before, follower.first_pause)
+
+        # Many imports in flight were all given about the same pause: their answers must not compound.
+        for answer, factor in ((Done(), 0.97), (Pending(), 1.3)):
+            before = follower.first_pause
+            service.answer = lambda age, a=answer: a  # type: ignore[misc]
+            for _ in range(50):
+                follower.add(Tracked([record(activity("a"))], Request("GET", "/imports/m", b""), "m"))
+            for _ in range(50):  # each import's first answer (one still pending is asked again later)
+                due, _, service.entry = heapq.heappop(follower._due)
+                assert service.entry.asked == 0
+                now[0] = max(now[0], due)
+                await follower._ask(service.entry)
+            follower._due.clear()
+            assert follower.first_pause == pytest.approx(before * factor), (before, follower.first_pause)
+
+        # Bounded both ways; an error file to fetch (FollowUp) means the import ended; what a later request
+        # finds teaches nothing.
+        for _ in range(200):
+            await follow(takes(0.0))
+        assert follower.first_pause == MIN_FIRST_PAUSE
+        for _ in range(60):
+            await follow(takes(100.0))
+        assert follower.first_pause == MAX_PAUSE
+        answers = iter([FollowUp(Request("GET", "/errors/f", b"")), Pending(), Done()])
+        assert await follow(lambda age: next(answers)) == 3
+        assert follower.first_pause == MAX_PAUSE * 0.97
+
+    asyncio.run(go())
 
 
 def test_status_requests_go_out_in_parallel_up_to_a_bound() -> None:
@@ -596,3 +624,33 @@ def test_a_status_request_that_raises_stops_the_poller_with_that_error() -> None
 
     with pytest.raises(DestinationAuthError, match="refused our credentials"):
         asyncio.run(go())
+
+
+def test_a_dead_letter_refused_at_once_stops_the_sink_without_settling() -> None:
+    """produce() raises KafkaException(MSG_SIZE_TOO_LARGE) at once for a dead letter above the producer's
+    message.max.bytes: only BufferError was caught, so it escaped from wherever the dead letter was
+    written (a status poll's task lost it, and the import's records with it)."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from connector.deadletter import DeadLetterWriter
+
+    class Refusing:
+        def produce(self, *args: Any, **kwargs: Any) -> None:
+            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+
+        def poll(self, timeout: float) -> int:
+            return 0
+
+    written: list[tuple[int, bool]] = []
+    writer = DeadLetterWriter(
+        Refusing(),  # type: ignore[arg-type]
+        "t.dlq",
+        "s",
+        "d",
+        Metrics().sink("s"),
+        lambda r, f, ok: written.append((r.offset, ok)),
+    )
+    writer.write(record(activity("a"), 7), Failure("rejected", "m"))
+    writer.write(record(activity("b"), 8), Failure("rejected", "m"))
+    assert written == [(7, False), (8, False)]
+    assert writer.held() == (0, 0)

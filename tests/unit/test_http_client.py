@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 
 from connector.delivery.auth import OAuth2ClientCredentials
-from connector.delivery.http import AiohttpClient, Answer, NoAnswer
-from connector.errors import DestinationAuthError
+from connector.delivery.http import AiohttpClient, Answer, NoAnswer, join, proxy_for
+from connector.errors import ConfigError, DestinationAuthError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -219,3 +219,96 @@ def test_sends_leave_nothing_for_the_cyclic_collector() -> None:
 
     left = _run({"/r": ok}, use)
     assert left < 50  # fewer objects in cycles than sends: none left per send
+
+
+def test_a_stalled_upload_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading has a timeout per read, sending had none: a peer that accepts and never reads held the lane
+    (and the commit point) for ever."""
+    import connector.delivery.http as http
+
+    monkeypatch.setattr(http, "MIN_UPLOAD_RATE", 1 << 40)  # the deadline is then 4 timeouts
+
+    async def go() -> str:
+        async def never_read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await asyncio.sleep(30)
+
+        server = await asyncio.start_server(never_read, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = AiohttpClient(f"http://127.0.0.1:{port}", {}, 1, 0.2)
+        try:
+            async with asyncio.timeout(10):
+                await client.send("POST", "/r", b"x" * 64_000_000, {})
+        except NoAnswer as exc:
+            return exc.why
+        finally:
+            await client.aclose()
+            server.close()
+        return "answered"
+
+    assert asyncio.run(go()) == "timeout"
+
+
+def test_urls_join_as_with_httpx_and_long_headers_are_read() -> None:
+    assert (
+        join("https://api/v1", "/imports") == join("https://api/v1/", "imports") == "https://api/v1/imports"
+    )
+    assert join("https://api", "ingest") == "https://api/ingest"
+    assert join("https://api/v2/bulk", "") == "https://api/v2/bulk"
+
+    async def ingest(request: web.Request) -> web.Response:
+        return web.Response(status=202, headers={"Link": "x" * 9000})  # aiohttp's default cap is 8190
+
+    async def use(url: str) -> Answer:
+        client = AiohttpClient(url + "/api", {}, 1, 1.0)
+        try:
+            return await client.send("POST", "ingest", b"{}", {})
+        finally:
+            await client.aclose()
+
+    answer = _run({"/api/ingest": ingest}, use)
+    assert answer.status == 202 and len(answer.headers["link"]) == 9000
+
+
+def test_netrc_is_never_read_and_the_proxy_is_the_environments(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With aiohttp's trust_env, ~/.netrc's password went to the API as Basic auth (or clashed with ours)."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("default login someone password netrc-secret\n")
+    monkeypatch.setenv("NETRC", str(netrc))
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    seen: list[str | None] = []
+
+    async def api(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.Response(status=202)
+
+    async def use(url: str) -> int:
+        client = AiohttpClient(url, {"Authorization": "Bearer ours"}, 1, 1.0)
+        bare = AiohttpClient(url, {}, 1, 1.0)
+        try:
+            return (await client.send("POST", "/a", b"{}", {})).status + (
+                await bare.send("POST", "/a", b"{}", {})
+            ).status
+        finally:
+            await client.aclose()
+            await bare.aclose()
+
+    assert _run({"/a": api}, use) == 404
+    assert seen == ["Bearer ours", None]
+
+    assert proxy_for("https://api.example") is None
+    monkeypatch.setenv("ALL_PROXY", "http://proxy:3128")
+    assert proxy_for("https://api.example") == "http://proxy:3128"
+    monkeypatch.setenv("HTTPS_PROXY", "http://tls-proxy:3128")
+    assert proxy_for("https://api.example") == "http://tls-proxy:3128"
+    assert proxy_for("http://api.example") == "http://proxy:3128"
+    monkeypatch.setenv("NO_PROXY", "api.example")
+    assert proxy_for("https://api.example") is None
+    monkeypatch.delenv("NO_PROXY")
+    monkeypatch.setenv("HTTPS_PROXY", "socks5://user:pw@proxy:1080")
+    with pytest.raises(ConfigError, match="socks5, not http") as refused:
+        proxy_for("https://api.example")
+    assert "pw" not in str(refused.value)

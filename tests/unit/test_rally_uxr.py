@@ -110,6 +110,18 @@ def test_import_status_that_names_no_one_never_reads_as_delivered() -> None:
     unreadable = Done(dict.fromkeys(range(2), "unreadable failedRecords in import status (COMPLETED)"))
     for failed in ("a", ["a"], {"personId": "a"}, [{"personId": "a"}, 3]):
         assert DEST.read_status(200, status("COMPLETED", failed), request, batch) == unreadable
+    # An entry that names none of the import's records: which ones failed cannot be told.
+    unmatched = Done(
+        dict.fromkeys(range(2), "failed in import (ERROR); the status named records that cannot be matched")
+    )
+    nameless: list[list[dict[str, object]]] = [
+        [{}],
+        [{"personId": None}],
+        [{"rowNumber": 3}],
+        [{"personId": "x"}],
+    ]
+    for named in nameless:
+        assert DEST.read_status(200, status("ERROR", named), request, batch) == unmatched
     assert DEST.read_status(200, status("COMPLETED", []), request, batch) == Done()
     assert DEST.read_status(200, status("COMPLETED", [{"personId": "b"}]), request, batch) == Done(
         {1: "failed in import (COMPLETED)"}
