@@ -18,6 +18,7 @@ from confluent_kafka.admin import AdminClient
 from connector.codec import make_decoder, schema_of
 from connector.codec.registry import RegistryAuthError, tls_context
 from connector.config import effective, load_settings, masked_url
+from connector.delivery.proxy import proxy_for
 from connector.destinations import for_sink, mapper_for
 from connector.errors import ConfigError
 from connector.kafka import admin_config, validate_clients
@@ -33,6 +34,7 @@ def check(path: Path, connect: bool) -> int:
             make_decoder(sink.format, sink.schema, schema_of(destination.schema_file))
         except Exception as exc:
             raise ConfigError(f"sinks[{i}].schema", f"{type(exc).__name__}: {exc}") from None
+        proxy_for(sink.destination.url, f"sinks[{i}].destination.url")  # one the run would refuse
         registry = sink.schema_registry or {}
         if any(key.startswith("ssl.") for key in registry):
             try:  # the TLS files load together (a key that is not the certificate's, a wrong password)

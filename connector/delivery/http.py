@@ -8,8 +8,8 @@ sandbox servers. httpx stays where requests are few (Schema Registry, token endp
 
 Both keep HTTP/1.1 connections alive, time out connecting, waiting for a connection and reading (each
 `delivery.timeout`) and a request as a whole (`deadline`: an upload the other end stopped reading), verify
-TLS against the same trust store (httpx's), go through the proxy the environment names (HTTP(S)_PROXY,
-ALL_PROXY, NO_PROXY: looked up once; ~/.netrc is never read), join the base URL and a path as httpx did,
+TLS against the same trust store (httpx's), go through the proxy the environment names (looked up once:
+connector.delivery.proxy; ~/.netrc is never read), join the base URL and a path as httpx did,
 and follow no redirects. `send` either returns an `Answer` or raises `NoAnswer` saying why; a token
 endpoint that refuses our client credentials raises DestinationAuthError.
 """
@@ -17,29 +17,28 @@ endpoint that refuses our client credentials raises DestinationAuthError.
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
-from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
 
 from connector.delivery.auth import OAuth2ClientCredentials, TokenEndpointError
-from connector.errors import ConfigError
 
 NoAnswerWhy = Literal["connection", "timeout", "unreadable_answer"]
 USER_AGENT = "activity-connector"
-MIN_UPLOAD_RATE = 256 * 1024  # bytes/s below which an upload counts as stalled (see `deadline`)
+MIN_RATE = 64 * 1024  # bytes/s below which a transfer counts as stalled (see `deadline`)
+ANSWER_ALLOWANCE = 16 * 1024 * 1024  # bytes an answer of unknown length is given time for
 MAX_HEADER = 65536  # bytes of an answer's header line or field (aiohttp's default, 8190, refused some)
 
 
 def deadline(timeout: float, size: int) -> float:
-    """Seconds a whole request may take. Reading has `timeout` per read, but sending has no such bound: a
-    peer that accepts a connection and never reads would hold the lane for ever. Four timeouts, plus the
-    body's time at MIN_UPLOAD_RATE."""
-    return 4 * timeout + size / MIN_UPLOAD_RATE
+    """Seconds to send a request of `size` bytes until its answer begins, or to read an answer of `size`
+    bytes: four timeouts plus the bytes' time at MIN_RATE. Reading has `timeout` per read, but sending has
+    no such bound (a peer that accepts a connection and never reads would hold the lane for ever), and an
+    answer trickling in just within each read's timeout would never end."""
+    return 4 * timeout + size / MIN_RATE
 
 
 def join(base: str, path: str) -> str:
@@ -48,25 +47,6 @@ def join(base: str, path: str) -> str:
     if not path:
         return base
     return base.rstrip("/") + "/" + path.lstrip("/")
-
-
-def proxy_for(url: str) -> str | None:
-    """The proxy the environment names for `url` (HTTP(S)_PROXY, ALL_PROXY and NO_PROXY, in either case),
-    as httpx's defaults read them."""
-    parts = urlsplit(url)
-    if urllib.request.proxy_bypass(parts.hostname or ""):
-        return None
-    proxies = urllib.request.getproxies()
-    proxy = proxies.get(parts.scheme) or proxies.get("all")
-    if proxy is None:
-        return None
-    scheme = urlsplit(proxy).scheme
-    if scheme not in ("http", "https"):
-        # Going direct instead could break or sidestep an egress policy: refuse to start.
-        raise ConfigError(
-            "destination.url", f"the environment's proxy for it is {scheme or 'not a URL'}, not http(s)"
-        )
-    return proxy
 
 
 class NoAnswer(Exception):
@@ -100,13 +80,14 @@ class AiohttpClient:
         concurrency: int,
         timeout: float,
         auth: OAuth2ClientCredentials | None = None,
+        proxy: str | None = None,
     ) -> None:
         self._base = base_url
         self._headers = {"User-Agent": USER_AGENT, **headers}
         self._concurrency = concurrency
         self._timeout = timeout
         self._auth = auth
-        self._proxy = proxy_for(base_url)  # every request goes to the base URL's host
+        self._proxy = proxy  # connector.delivery.proxy: every request goes to the base URL's host
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
@@ -152,10 +133,13 @@ class AiohttpClient:
         self, session: aiohttp.ClientSession, method: str, url: str, content: bytes, headers: dict[str, str]
     ) -> Answer:
         try:
-            async with asyncio.timeout(deadline(self._timeout, len(content))):
+            async with asyncio.timeout(deadline(self._timeout, len(content))) as limit:
                 async with session.request(
                     method, url, data=content or None, headers=headers, allow_redirects=False
                 ) as response:
+                    # The answer has begun: from now, the time to read it (a large error file may be slow).
+                    size = max(response.content_length or 0, ANSWER_ALLOWANCE)
+                    limit.reschedule(asyncio.get_running_loop().time() + deadline(self._timeout, size))
                     return Answer(response.status, await response.read(), response.headers)
         except TimeoutError:
             raise NoAnswer("timeout") from None

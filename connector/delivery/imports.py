@@ -23,7 +23,8 @@ unknown. A 404 to a follow-up request (an error file) fails that import's record
 error file does.
 
 Only answers that say "not finished yet" count towards MAX_POLLS; polls that got no answer (an outage)
-do not, so an outage is waited out rather than turned into failed imports.
+do not, so an outage is waited out rather than turned into failed imports. A follow-up request (an error
+file) that gets no answer does count: one that always times out would otherwise be asked for ever.
 """
 
 from __future__ import annotations
@@ -193,16 +194,22 @@ class ImportFollower:
                 return
             if isinstance(reading, FollowUp):
                 entry.request, entry.pause = reading.request, 0.0
-            else:
-                entry.polls += 1  # Pending
-                if entry.polls >= MAX_POLLS:
-                    message = f"import {tracked.import_id} not finished after {entry.polls} status requests"
-                    self._on_done(
-                        tracked, Done(dict.fromkeys(range(len(tracked.records)), message)), "failed"
-                    )
-                    return
+            elif self._polled_out(entry):  # Pending
+                return
+        elif entry.request is not tracked.status and self._polled_out(entry):
+            return  # a follow-up (an error file) that never answers: bounded too, unlike an outage
         heapq.heappush(self._due, (now + entry.pause, next(self._order), entry))
         entry.pause = min(max(entry.pause, MIN_FIRST_PAUSE) * 1.5, MAX_PAUSE)
+
+    def _polled_out(self, entry: Followed) -> bool:
+        """Count one more answer that did not end the import; past MAX_POLLS its records fail."""
+        entry.polls += 1
+        if entry.polls < MAX_POLLS:
+            return False
+        tracked = entry.tracked
+        message = f"import {tracked.import_id} not finished after {entry.polls} status requests"
+        self._on_done(tracked, Done(dict.fromkeys(range(len(tracked.records)), message)), "failed")
+        return True
 
     def _give_up_tracking(self, status: int, entry: Followed) -> None:
         self.unsupported = status

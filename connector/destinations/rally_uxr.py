@@ -102,21 +102,20 @@ class _RallyUxrImport(Destination):
             return Done(
                 dict.fromkeys(range(len(batch)), f"unreadable failedRecords in import status ({state})")
             )
-        identities = [self.identity(record) for record in batch]
-        ours = {n for names in identities for n in names}
-        items = [{str(v) for v in item.values() if v is not None} for item in failed_records]
-        if any(not item & ours for item in items):
-            # An entry that names none of the import's records (Rally's own id, another field): which
-            # records failed cannot be told, so none is taken as delivered.
-            log.warning("%s: import status names failed records we cannot match", self.type)
-            message = f"failed in import ({state}); the status named records that cannot be matched"
-            return Done(dict.fromkeys(range(len(batch)), message))
-        names = set().union(*items)
+        names = {str(v) for item in failed_records for v in item.values() if v is not None}
         failed = {
             i: f"failed in import ({state})"
-            for i, own in enumerate(identities)
-            if any(n in names for n in own)
+            for i, record in enumerate(batch)
+            if any(n in names for n in self.identity(record))
         }
+        if not failed and state == "ERROR":
+            # The import failed and names none of its records (Rally's own ids, another field): which
+            # ones failed cannot be told, so none is taken as delivered.
+            log.warning("%s: an import in ERROR names none of its records as failed", self.type)
+            message = "failed in import (ERROR); the status named records that cannot be matched"
+            return Done(dict.fromkeys(range(len(batch)), message))
+        # Under COMPLETED, an entry that names none of them may be a person refused in the 202 already
+        # (dead-lettered then): the others were imported.
         return Done(failed)
 
 

@@ -19,6 +19,7 @@ from connector.config import SinkSettings
 from connector.deadletter import DeadLetterWriter
 from connector.delivery.auth import credentials
 from connector.delivery.http import AiohttpClient
+from connector.delivery.proxy import proxy_for
 from connector.delivery.ratelimit import ApiWindows
 from connector.delivery.service import DeliveryService
 from connector.destinations import for_sink, mapper_for
@@ -53,7 +54,12 @@ def build_sink(
     register(creds.secrets)
     # One keep-alive pool per sink, sized to its concurrency.
     client = AiohttpClient(
-        dest.url, creds.headers, settings.delivery.concurrency, settings.delivery.timeout, creds.auth
+        dest.url,
+        creds.headers,
+        settings.delivery.concurrency,
+        settings.delivery.timeout,
+        creds.auth,
+        proxy_for(dest.url, f"sinks[{index}].destination.url"),
     )
     service = DeliveryService(
         destination,

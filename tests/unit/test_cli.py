@@ -187,3 +187,21 @@ def test_check_loads_the_registry_tls_files_together(
     assert "sinks[0].schema_registry" in capsys.readouterr().err
     config.write_text(GOOD.replace("topics: [a]\n", "topics: [a]\n" + registry.replace("KEY", "one.key")))
     assert main(["check", "-c", str(config)]) == 0
+
+
+def test_check_refuses_a_proxy_the_run_would_refuse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`check` never built the sink's HTTP client, so it passed what `run` refused at start."""
+    monkeypatch.setenv("TOKEN", "t")
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    config = tmp_path / "c.yaml"
+    config.write_text(GOOD)
+    assert main(["check", "-c", str(config)]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("ALL_PROXY", "socks5://alice:s3cret@proxy:1080")
+    assert main(["check", "-c", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "sinks[0].destination.url" in err and "alice" not in err and "s3cret" not in err

@@ -654,3 +654,38 @@ def test_a_dead_letter_refused_at_once_stops_the_sink_without_settling() -> None
     writer.write(record(activity("b"), 8), Failure("rejected", "m"))
     assert written == [(7, False), (8, False)]
     assert writer.held() == (0, 0)
+
+
+def test_an_error_file_that_never_answers_ends_its_import_failed() -> None:
+    """A follow-up request without an answer (an error file that always times out) was asked for ever,
+    holding its records; unlike an outage of the status endpoint, it now counts towards MAX_POLLS."""
+    from connector.destinations.base import FollowUp
+
+    class ErrorFileTimesOut(_StatusService):
+        async def poll_status(self, request: Request, records: list[Record], primary: bool = True) -> object:
+            self.polls += 1
+            return FollowUp(Request("GET", "/errors/x", b"")) if primary else None
+
+    service = ErrorFileTimesOut([])
+    done: list[tuple[str, int]] = []
+    now = [0.0]
+    follower = ImportFollower(
+        service,  # type: ignore[arg-type]
+        lambda t, d, outcome: done.append((outcome, len(d.failed))),
+        lambda status, pending: None,
+        clock=lambda: now[0],
+    )
+
+    async def go() -> None:
+        follower.add(
+            Tracked([record(activity("a")), record(activity("b"), 1)], Request("GET", "/i/x", b""), "x")
+        )
+        for _ in range(MAX_POLLS + 5):
+            if not follower._due:
+                return
+            due, _, entry = heapq.heappop(follower._due)
+            now[0] = max(now[0], due)
+            await follower._ask(entry)
+
+    asyncio.run(go())
+    assert done == [("failed", 2)] and service.polls == MAX_POLLS + 1 and not follower

@@ -13,7 +13,8 @@ import pytest
 from aiohttp import web
 
 from connector.delivery.auth import OAuth2ClientCredentials
-from connector.delivery.http import AiohttpClient, Answer, NoAnswer, join, proxy_for
+from connector.delivery.http import AiohttpClient, Answer, NoAnswer, join
+from connector.delivery.proxy import proxy_for
 from connector.errors import ConfigError, DestinationAuthError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -226,7 +227,7 @@ def test_a_stalled_upload_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
     (and the commit point) for ever."""
     import connector.delivery.http as http
 
-    monkeypatch.setattr(http, "MIN_UPLOAD_RATE", 1 << 40)  # the deadline is then 4 timeouts
+    monkeypatch.setattr(http, "MIN_RATE", 1 << 40)  # the deadline is then 4 timeouts
 
     async def go() -> str:
         async def never_read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -299,16 +300,70 @@ def test_netrc_is_never_read_and_the_proxy_is_the_environments(
     assert _run({"/a": api}, use) == 404
     assert seen == ["Bearer ours", None]
 
-    assert proxy_for("https://api.example") is None
+
+def test_the_proxy_is_the_environments_as_curl_and_httpx_read_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    key = "sinks[0].destination.url"
+    assert proxy_for("https://api.example", key) is None
     monkeypatch.setenv("ALL_PROXY", "http://proxy:3128")
-    assert proxy_for("https://api.example") == "http://proxy:3128"
-    monkeypatch.setenv("HTTPS_PROXY", "http://tls-proxy:3128")
-    assert proxy_for("https://api.example") == "http://tls-proxy:3128"
-    assert proxy_for("http://api.example") == "http://proxy:3128"
-    monkeypatch.setenv("NO_PROXY", "api.example")
-    assert proxy_for("https://api.example") is None
+    assert proxy_for("https://api.example", key) == "http://proxy:3128"
+    monkeypatch.setenv("HTTPS_PROXY", "tls-proxy:3128")  # no scheme: http, as curl and httpx read it
+    assert proxy_for("https://api.example", key) == "http://tls-proxy:3128"
+    assert proxy_for("http://api.example", key) == "http://proxy:3128"
+    direct = {
+        "api.example": ["https://api.example", "https://eu.api.example"],
+        ".example": ["https://api.example"],
+        "localhost,*": ["https://anything"],
+        "api.example:8443": ["https://api.example:8443"],
+        "10.0.0.0/8": ["http://10.1.2.3:9000"],
+        "[::1]:8080": ["http://[::1]:8080"],
+        "::1": ["http://[::1]:8080"],
+    }
+    proxied = {
+        "api.example": ["https://notapi.example", "https://example"],
+        "api.example:8443": ["https://api.example"],
+        "10.0.0.0/8": ["http://11.0.0.1"],
+        "[::1]:8080": ["http://[::1]:9090"],
+    }
+    for no_proxy, urls in direct.items():
+        monkeypatch.setenv("NO_PROXY", no_proxy)
+        assert [proxy_for(u, key) for u in urls] == [None] * len(urls), no_proxy
+    for no_proxy, urls in proxied.items():
+        monkeypatch.setenv("NO_PROXY", no_proxy)
+        assert None not in [proxy_for(u, key) for u in urls], no_proxy
     monkeypatch.delenv("NO_PROXY")
-    monkeypatch.setenv("HTTPS_PROXY", "socks5://user:pw@proxy:1080")
-    with pytest.raises(ConfigError, match="socks5, not http") as refused:
-        proxy_for("https://api.example")
-    assert "pw" not in str(refused.value)
+    # Not http(s), or not a URL: refused at start, naming the setting and no part of the value.
+    for value in ("socks5://alice:s3cret@proxy:1080", "http://[fe80::1:3128", "http://alice:s3cret@:3128"):
+        monkeypatch.setenv("HTTPS_PROXY", value)
+        with pytest.raises(ConfigError, match=r"sinks\[0\]\.destination\.url: .*not an http") as refused:
+            proxy_for("https://api.example", key)
+        assert "alice" not in str(refused.value) and "s3cret" not in str(refused.value)
+
+
+def test_a_slow_answer_is_read_to_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole-request deadline cut off an answer arriving steadily, each part within the read timeout
+    (a large error file): it now runs from the answer's start and allows for its length."""
+    import connector.delivery.http as http
+
+    monkeypatch.setattr(http, "ANSWER_ALLOWANCE", 0)
+    monkeypatch.setattr(http, "MIN_RATE", 1 << 40)  # 4 timeouts (1.2 s) to send, 4 to read
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(0.25)  # within the read timeout (0.3 s)
+        response = web.StreamResponse(headers={"Content-Length": "20"})
+        await response.prepare(request)
+        for _ in range(10):  # 1 s of answer, 1.25 s in all: past 1.2 s from the start
+            await asyncio.sleep(0.1)
+            await response.write(b"ab")
+        return response
+
+    async def use(url: str) -> bytes:
+        client = AiohttpClient(url, {}, 1, 0.3)
+        try:
+            return (await client.send("GET", "/e", b"", {})).body
+        finally:
+            await client.aclose()
+
+    assert _run({"/e": slow}, use) == b"ab" * 10

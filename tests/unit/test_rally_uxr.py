@@ -122,6 +122,13 @@ def test_import_status_that_names_no_one_never_reads_as_delivered() -> None:
     ]
     for named in nameless:
         assert DEST.read_status(200, status("ERROR", named), request, batch) == unmatched
+    # Naming some of ours: only those failed. Under COMPLETED an entry naming none of ours may be a person
+    # refused in the 202 (dead-lettered then): the others were imported.
+    b_failed = {1: "failed in import (ERROR)"}
+    assert DEST.read_status(
+        200, status("ERROR", [{"personId": "b"}, {"personId": "x"}]), request, batch
+    ) == Done(b_failed)
+    assert DEST.read_status(200, status("COMPLETED", [{"personId": "x"}]), request, batch) == Done()
     assert DEST.read_status(200, status("COMPLETED", []), request, batch) == Done()
     assert DEST.read_status(200, status("COMPLETED", [{"personId": "b"}]), request, batch) == Done(
         {1: "failed in import (COMPLETED)"}
