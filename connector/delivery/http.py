@@ -7,7 +7,8 @@ sandbox servers. httpx stays where requests are few (Schema Registry, token endp
 `check`), and in unit tests, whose fake APIs are httpx MockTransports (`HttpxClient`).
 
 Both keep HTTP/1.1 connections alive, time out connecting, waiting for a connection and reading (each
-`delivery.timeout`) and a request as a whole (`deadline`: an upload the other end stopped reading), verify
+`delivery.timeout`); this one also bounds sending until the answer begins and reading the answer (each
+within a `deadline`: an upload the other end stopped reading, an answer that trickles for ever), verify
 TLS against the same trust store (httpx's), go through the proxy the environment names (looked up once:
 connector.delivery.proxy; ~/.netrc is never read), join the base URL and a path as httpx did,
 and follow no redirects. `send` either returns an `Answer` or raises `NoAnswer` saying why; a token
