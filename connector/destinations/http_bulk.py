@@ -99,12 +99,13 @@ class HttpBulk(Destination):
         encoded again: the costliest step of a batch saved. None when a value spans lines (pretty-printed
         JSON), which NDJSON cannot carry as it is."""
         values: list[bytes] = [r.message.value() for r in batch]  # type: ignore[misc]
-        joined = b"\n".join(values) if self.body == "ndjson" else b",".join(values)
         if self.body == "ndjson":
+            lines = b"\n".join(values)
             # One pass over the bytes: the joins are the only line breaks when no value has its own.
-            if joined.count(b"\n") != len(values) - 1 or b"\r" in joined:
+            if lines.count(b"\n") != len(values) - 1 or b"\r" in lines:
                 return None
-            return joined + b"\n"
+            return lines + b"\n"
+        joined = b",".join(values)
         if self.body == "json_array":
             return b"[" + joined + b"]"
         return b"{" + orjson.dumps(self.wrap_key) + b":[" + joined + b"]}"

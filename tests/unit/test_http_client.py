@@ -43,6 +43,22 @@ def _run(routes: dict[str, Handler], use: Callable[[str], Awaitable[Any]]) -> An
     return asyncio.run(go())
 
 
+def _send_once(
+    routes: dict[str, Handler], path: str, method: str = "GET", content: bytes = b"", timeout: float = 1.0
+) -> Answer:
+    """One request through a fresh client to a server with `routes`."""
+
+    async def use(url: str) -> Answer:
+        client = AiohttpClient(url, {}, 1, timeout)
+        try:
+            return await client.send(method, path, content, {})
+        finally:
+            await client.aclose()
+
+    answer: Answer = _run(routes, use)
+    return answer
+
+
 def test_headers_body_and_one_kept_alive_connection() -> None:
     """http.bulk's own headers were built into each request and never sent."""
     seen: list[tuple[dict[str, str], bytes, object]] = []
@@ -93,17 +109,9 @@ def test_no_usable_answer_says_why(path: str, why: str) -> None:
         await asyncio.sleep(0.1)
         return web.Response(text="never read")
 
-    async def use(url: str) -> str:
-        client = AiohttpClient(url, {}, 1, 0.3)
-        try:
-            await client.send("GET", path, b"", {})
-        except NoAnswer as exc:
-            return exc.why
-        finally:
-            await client.aclose()
-        return "answered"
-
-    assert _run({"/slow": slow, "/gzip-corrupt": corrupt, "/hang-up": hang_up}, use) == why
+    with pytest.raises(NoAnswer) as no_answer:
+        _send_once({"/slow": slow, "/gzip-corrupt": corrupt, "/hang-up": hang_up}, path, timeout=0.3)
+    assert no_answer.value.why == why
 
 
 def test_nothing_listening_is_no_answer_and_gzip_is_read() -> None:
@@ -131,14 +139,7 @@ def test_redirects_are_not_followed() -> None:
     async def moved(request: web.Request) -> web.Response:
         return web.Response(status=302, headers={"Location": "/elsewhere"})
 
-    async def use(url: str) -> int:
-        client = AiohttpClient(url, {}, 1, 1.0)
-        try:
-            return (await client.send("POST", "/r", b"x", {})).status
-        finally:
-            await client.aclose()
-
-    assert _run({"/r": moved}, use) == 302
+    assert _send_once({"/r": moved}, "/r", "POST", b"x").status == 302
 
 
 def test_oauth2_a_401_fetches_a_new_token_once_and_resends() -> None:
@@ -259,14 +260,7 @@ def test_urls_join_as_with_httpx_and_long_headers_are_read() -> None:
     async def ingest(request: web.Request) -> web.Response:
         return web.Response(status=202, headers={"Link": "x" * 9000})  # aiohttp's default cap is 8190
 
-    async def use(url: str) -> Answer:
-        client = AiohttpClient(url + "/api", {}, 1, 1.0)
-        try:
-            return await client.send("POST", "ingest", b"{}", {})
-        finally:
-            await client.aclose()
-
-    answer = _run({"/api/ingest": ingest}, use)
+    answer = _send_once({"/ingest": ingest}, "ingest", "POST", b"{}")
     assert answer.status == 202 and len(answer.headers["link"]) == 9000
 
 
@@ -359,11 +353,4 @@ def test_a_slow_answer_is_read_to_its_end(monkeypatch: pytest.MonkeyPatch) -> No
             await response.write(b"ab")
         return response
 
-    async def use(url: str) -> bytes:
-        client = AiohttpClient(url, {}, 1, 0.3)
-        try:
-            return (await client.send("GET", "/e", b"", {})).body
-        finally:
-            await client.aclose()
-
-    assert _run({"/e": slow}, use) == b"ab" * 10
+    assert _send_once({"/e": slow}, "/e", timeout=0.3).body == b"ab" * 10
