@@ -38,6 +38,7 @@ from connector.delivery.retry import OVERLOAD_STATUSES, RETRY_STATUSES, STOP_STA
 from connector.destinations.base import (
     Destination,
     GiveUp,
+    Pending,
     Request,
     RetryAfter,
     Split,
@@ -390,7 +391,11 @@ class DeliveryService:
             raise DestinationAuthError(f"{self.destination.type}: import status refused our credentials")
         if status in MISSING_STATUSES and primary:
             return status
-        return self.destination.read_status(status, answer.body, request, records)
+        try:
+            return self.destination.read_status(status, answer.body, request, records)
+        except Exception as exc:  # an answer of a shape its reader did not foresee: not finished yet
+            log.warning("%s: unreadable import status (%s)", self.destination.type, type(exc).__name__)
+            return Pending()
 
     async def _send(self, request: Request, records: int, background: bool = False) -> _Answer:
         """One request. `records` is how many it carries: 0 for setup and status requests, which share the

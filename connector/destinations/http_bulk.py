@@ -131,7 +131,9 @@ class HttpBulk(Destination):
         rejected: dict[int, str] = {}
         try:
             for error in errors:
-                index = int(error[self.index_field])
+                index = error[self.index_field]
+                if type(index) is not int:  # 1.9, True or "1" would name a record by a guess
+                    raise TypeError(f"{self.index_field} {index!r} is not an integer")
                 if not 0 <= index < len(batch):
                     return unreadable(self.type, f"error index {index} outside the request")
                 rejected[index] = str(error.get("message", error))

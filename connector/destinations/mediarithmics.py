@@ -189,14 +189,21 @@ class MediarithmicsUserActivities(Destination):
             execution = orjson.loads(body)["data"]
             state = str(execution["status"])
             result = execution.get("result") or {}
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+            error = execution.get("error") or {}
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
             return Pending()
         if state in TERMINAL_FAILED:
-            message = str((execution.get("error") or {}).get("message") or f"execution {state}")
-            return Done(dict.fromkeys(range(len(batch)), message))
+            detail = error.get("message") if isinstance(error, dict) else error
+            return Done(dict.fromkeys(range(len(batch)), str(detail or f"execution {state}")))
         if state not in TERMINAL_OK:
             return Pending()
-        if int(result.get("total_failure") or 0) > 0 and result.get("error_file_uri"):
+        if not isinstance(result, dict):
+            return _unplaced(batch, f"execution {state} with a result of another shape")
+        try:
+            failures = int(result.get("total_failure") or 0)
+        except (TypeError, ValueError):
+            return _unplaced(batch, f"execution {state} with an unreadable total_failure")
+        if failures > 0 and result.get("error_file_uri"):
             uri = quote(str(result["error_file_uri"]), safe="")
             return FollowUp(Request("GET", f"/data_file/data?uri={uri}", b"", context="errors"))
         return Done({})
@@ -216,3 +223,9 @@ class MediarithmicsUserActivities(Destination):
             log.warning("%s: unreadable error file (%s); failing the whole execution", self.type, exc)
             return Done(dict.fromkeys(range(len(batch)), "failed in the import (unreadable error file)"))
         return Done(failed)
+
+
+def _unplaced(batch: Sequence[Record], why: str) -> Done:
+    """Failures that cannot be placed on records: every record fails rather than counting as delivered."""
+    log.warning("mediarithmics: %s; its records are failed", why)
+    return Done(dict.fromkeys(range(len(batch)), f"failed in the import ({why})"))

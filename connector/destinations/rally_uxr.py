@@ -56,6 +56,14 @@ def _error_summary(body: bytes) -> str:
         return body[:200].decode("utf-8", "replace")
 
 
+def _import_id(value: object) -> str:
+    """The 202's importId: a string or a number. Anything else (null, a boolean) cannot be followed, so the
+    answer is unreadable rather than its records taken as delivered unfollowed."""
+    if (isinstance(value, str) and value) or type(value) is int:
+        return str(value)
+    raise TypeError(f"importId {value!r} is not an id")
+
+
 class _RallyUxrImport(Destination):
     """What both import endpoints share: refusals and following the import to its end."""
 
@@ -170,7 +178,7 @@ class RallyUxrActivities(_RallyUxrImport):
     def read_success(self, status: int, body: bytes, request: Request, batch: Sequence[Record]) -> Reading:
         try:
             answer = orjson.loads(body)
-            import_id = answer["importId"]
+            import_id = _import_id(answer["importId"])
             errors = answer.get("errors") or []
             people: list[list[int]] = request.context
             rejected: dict[int, str] = {}
@@ -195,7 +203,7 @@ class RallyUxrActivities(_RallyUxrImport):
             len(batch),
             extra={"import_id": import_id},
         )
-        return Success(rejected=rejected, import_id=None if import_id is None else str(import_id))
+        return Success(rejected=rejected, import_id=import_id)
 
     def identity(self, record: Record) -> list[str]:
         return [record.payload["personId"]]
@@ -260,11 +268,11 @@ class RallyUxrPeople(_RallyUxrImport):
     def read_success(self, status: int, body: bytes, request: Request, batch: Sequence[Record]) -> Reading:
         try:
             answer = orjson.loads(body)
-            import_id = answer["importId"]
+            import_id = _import_id(answer["importId"])
             int(answer["count"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             return unreadable(self.type, f"unexpected 2xx answer ({type(exc).__name__}: {exc})")
-        return Success(import_id=None if import_id is None else str(import_id))
+        return Success(import_id=import_id)
 
     def identity(self, record: Record) -> list[str]:
         p = record.payload

@@ -3,6 +3,7 @@
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import orjson
@@ -188,3 +189,25 @@ def test_http_bulk_sends_its_own_headers_and_its_content_type_wins() -> None:
     assert ("x-tenant", "t1") in seen[0] and ("content-type", "application/json") in seen[0]
     asyncio.run(go({"content-type": "application/vnd.api+json"}))
     assert [v for k, v in seen[1] if k == "content-type"] == ["application/vnd.api+json"]
+
+
+def test_a_status_reader_that_raises_reads_as_not_finished() -> None:
+    """A status answer of a shape its reader did not foresee raised through the follower and stopped the
+    sink; it now counts as not finished (so MAX_POLLS bounds it) and the sink goes on."""
+    from connector.destinations.base import Pending, Request
+
+    class Raising(RallyUxrActivities):
+        def read_status(self, status: int, body: bytes, request: Request, batch: Any) -> Any:
+            raise AttributeError("'str' object has no attribute 'get'")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"status": "odd"})
+
+    async def go() -> object:
+        async with httpx.AsyncClient(base_url="http://api", transport=httpx.MockTransport(handler)) as client:
+            service = DeliveryService(
+                Raising({}), HttpxClient(client), DeliverySettings(), Metrics().sink("s")
+            )
+            return await service.poll_status(Request("GET", "/imports/x", b""), [record(activity("a"))])
+
+    assert asyncio.run(go()) == Pending()

@@ -11,7 +11,7 @@ from confluent_kafka import Message
 
 from connector.codec import compile_validator, load_schema, validator_for
 from connector.destinations import make_destination
-from connector.destinations.base import Done, FollowUp, GiveUp, Pending, RetryAfter, Split, Success
+from connector.destinations.base import Done, FollowUp, GiveUp, Pending, Request, RetryAfter, Split, Success
 from connector.destinations.http_bulk import HttpBulk, resolve_pointer
 from connector.destinations.mediarithmics import MediarithmicsUserActivities
 from connector.destinations.rally_crm import RallyCrmActivities
@@ -349,3 +349,37 @@ def test_every_seeded_type_is_registered() -> None:
         "mediarithmics.user_activities": "MediarithmicsUserActivities",
         "http.bulk": "HttpBulk",
     }
+
+
+def test_answers_of_unexpected_shape_never_count_records_delivered() -> None:
+    """Found by the third review: a Rally importId of null was delivered and never followed; an http.bulk
+    error index of 1.9, true or "1" refused a guessed record; mediarithmics status fields of another type
+    raised, and the raise stopped the sink."""
+    from connector.destinations.rally_uxr import RallyUxrActivities
+
+    uxr = RallyUxrActivities({})
+    batch = [record({"personId": "p", "type": "OPTED_OUT", "activityAt": "2026-11-07T05:31:56Z"})]
+    request = uxr.build(batch)
+    for import_id in (None, True, "", {"id": 1}):
+        body = orjson.dumps({"message": "ok", "importId": import_id, "errors": []})
+        assert uxr.read_success(202, body, request, batch) == RetryAfter("unreadable_answer"), import_id
+    assert uxr.read_success(202, b'{"importId": 7, "errors": []}', request, batch) == Success(import_id="7")
+
+    bulk = HttpBulk({"errors_pointer": "/errors"})
+    two = [record({"id": 1}), record({"id": 2}, 1)]
+    for index in (1.9, True, "1"):
+        answer = orjson.dumps({"errors": [{"index": index, "message": "bad"}]})
+        assert bulk.read_success(200, answer, bulk.build(two), two) == UNREADABLE, index
+
+    mics = MediarithmicsUserActivities({"datamart_id": 1})
+    rows = [record({"ts": 1, "type": "TOUCH", "events": []}, i) for i in range(2)]
+    status = Request("GET", "/executions/x", b"", context="status")
+
+    def execution(**data: Any) -> bytes:
+        return orjson.dumps({"status": "ok", "data": data})
+
+    failed = mics.read_status(200, execution(status="FAILED", error="executor crashed"), status, rows)
+    assert failed == Done(dict.fromkeys(range(2), "executor crashed"))
+    for result in ("ok", [1], {"total_failure": "n/a"}):
+        reading = mics.read_status(200, execution(status="SUCCEEDED", result=result), status, rows)
+        assert isinstance(reading, Done) and sorted(reading.failed) == [0, 1], result

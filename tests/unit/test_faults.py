@@ -107,7 +107,7 @@ def test_429_without_a_wait_is_not_hammered() -> None:
         times.append(time.monotonic())
         if len(times) <= 6:
             return httpx.Response(429, headers={"Retry-After": "0"})
-        return httpx.Response(202, json={"message": "ok", "importId": None})
+        return httpx.Response(202, json={"message": "ok", "importId": "i1"})
 
     async def go() -> Any:
         async with httpx.AsyncClient(base_url="http://api", transport=httpx.MockTransport(handler)) as c:
@@ -339,7 +339,7 @@ def test_setup_rate_limited_waits_without_using_attempts() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/setup":
             return next(answers)
-        return httpx.Response(202, json={"message": "ok", "importId": None})
+        return httpx.Response(202, json={"message": "ok", "importId": "i1"})
 
     async def go() -> Any:
         async with httpx.AsyncClient(base_url="http://api", transport=httpx.MockTransport(handler)) as c:
