@@ -17,6 +17,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from connector.delivery.service import Failure
 from connector.metrics import SinkMetrics
 from connector.records import Reason, Record
+from connector.redact import cut, mask
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +52,15 @@ def dead_letter_headers(
         ("__connect.errors.connector.name", sink.encode()),
         ("__connect.errors.stage", STAGES.get(failure.reason, "TASK_PUT").encode()),
         ("__connect.errors.exception.class.name", EXCEPTION_CLASSES.get(failure.reason, _OTHER).encode()),
-        ("__connect.errors.exception.message", failure.message.encode()[:1024]),
+        # Masked again as written: the last gate before a message or a body leaves the process.
+        ("__connect.errors.exception.message", cut(mask(failure.message.encode()), 1024)),
         ("__activity.error.reason", failure.reason.encode()),
         ("__activity.error.attempts", str(failure.attempts).encode()),
         ("__activity.error.destination", destination.encode()),
     ]
     if failure.http_status is not None:
         headers.append(("__activity.error.http_status", str(failure.http_status).encode()))
-        headers.append(("__activity.error.http_body", failure.http_body[:1024]))
+        headers.append(("__activity.error.http_body", cut(mask(failure.http_body), 1024)))
     if failure.import_id is not None:
         headers.append(("__activity.error.import_id", failure.import_id.encode()))
     return headers

@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 
 import orjson
 
+from connector.redact import SECRETS, format_exception
+
 current_sink: contextvars.ContextVar[str | None] = contextvars.ContextVar("sink", default=None)
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -85,8 +87,8 @@ class JsonFormatter(logging.Formatter):
             if value is not None:
                 line[name] = value
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(line, default=str).decode()
+            line["exception"] = record.exc_text or format_exception(record.exc_info)
+        return SECRETS.redact(orjson.dumps(line, default=str).decode())
 
 
 class TextFormatter(logging.Formatter):
@@ -94,7 +96,7 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        text = SECRETS.redact(super().format(record))
         sink = getattr(record, "sink", None)
         return text if sink is None else f"{text} [sink={sink}]"
 

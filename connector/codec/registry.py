@@ -19,6 +19,7 @@ import httpx
 import orjson
 
 from connector.errors import FatalError, RegistryError
+from connector.redact import register
 
 MAX_REFERENCES = 64  # schemas one writer schema may pull in through references, at most
 NOT_FOUND_CODES = (40401, 40402, 40403)  # subject, version, schema not found (Confluent's error codes)
@@ -54,6 +55,7 @@ class SchemaRegistry:
         if key_password:
             self.secrets.append(key_password)
         self.secrets = [secret for secret in self.secrets if len(secret) >= 4]
+        register(self.secrets)
         self._client = httpx.AsyncClient(
             base_url=self.url, headers=headers, auth=auth, timeout=timeout, verify=tls_context(properties)
         )

@@ -9,6 +9,7 @@ answers 401 (the token may have been revoked early); the sink's client asks `tok
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
@@ -17,8 +18,12 @@ import httpx
 
 from connector.config import AuthSettings
 from connector.errors import ConfigError, ConnectorError, DestinationAuthError
+from connector.redact import SECRETS
 
-KEEP_TOKENS = 3  # access tokens kept for redaction: one in use, and any still answering in flight
+# Seconds a token is used at least, whatever `expires_in` says (0 or less would fetch one per request);
+# a token revoked sooner is answered 401, and fetched anew then.
+MIN_TOKEN_REUSE = 30.0
+DEFAULT_LIFETIME = 3600.0
 
 
 class TokenEndpointError(httpx.TransportError, ConnectorError):
@@ -33,11 +38,9 @@ class OAuth2ClientCredentials(httpx.Auth):
         client_id: str,
         client_secret: str,
         scope: str = "",
-        secrets: list[str] | None = None,
     ) -> None:
         self._url = token_url
-        # The redaction list of the sink: each access token is a secret too (an API may echo it back).
-        self._secrets = secrets if secrets is not None else []
+        SECRETS.add(client_secret)
         self._form = {
             "grant_type": "client_credentials",
             "client_id": client_id,
@@ -82,14 +85,16 @@ class OAuth2ClientCredentials(httpx.Auth):
             try:
                 data = answer.json()
                 token = str(data["access_token"])
-                lifetime = float(data.get("expires_in", 3600))
-            except (ValueError, KeyError, TypeError):
+                lifetime = float(data.get("expires_in", DEFAULT_LIFETIME))
+            except (ValueError, KeyError, TypeError, OverflowError):
                 raise TokenEndpointError("token endpoint answered without an access_token") from None
+            SECRETS.add_token(token)  # an API may echo it back
             self._token = token
-            self._secrets.append(token)
-            del self._secrets[1 : -KEEP_TOKENS or None]  # the client secret, and the latest tokens
-            # Refresh before expiry: a tenth of the lifetime early, at most a minute.
-            self._refresh_at = time.monotonic() + lifetime - min(60.0, lifetime / 10)
+            if not math.isfinite(lifetime):
+                lifetime = DEFAULT_LIFETIME
+            # Refresh before expiry: a tenth of the lifetime early, at most a minute; never sooner than
+            # MIN_TOKEN_REUSE after fetching.
+            self._refresh_at = time.monotonic() + max(MIN_TOKEN_REUSE, lifetime - min(60.0, lifetime / 10))
             self.fetched += 1
             return token
 
@@ -101,10 +106,19 @@ class OAuth2ClientCredentials(httpx.Auth):
 class Credentials:
     headers: dict[str, str] = field(default_factory=dict)
     auth: OAuth2ClientCredentials | None = None
-    secrets: list[str] = field(default_factory=list)  # values to scrub from anything we log or dead-letter
+    # The configured secrets (registered with connector.redact.SECRETS, which also gets issued tokens).
+    secrets: list[str] = field(default_factory=list)
 
 
 def credentials(auth: AuthSettings) -> Credentials:
+    """The headers and auth flow for `auth`; its secrets are registered for masking."""
+    creds = _credentials(auth)
+    for secret in creds.secrets:
+        SECRETS.add(secret)
+    return creds
+
+
+def _credentials(auth: AuthSettings) -> Credentials:
     if auth.type == "none":
         return Credentials()
     if auth.type == "bearer" and auth.token is not None:
@@ -115,7 +129,6 @@ def credentials(auth: AuthSettings) -> Credentials:
         return Credentials(headers={auth.header: auth.value.reveal()}, secrets=[auth.value.reveal()])
     if auth.type == "oauth2_client_credentials" and auth.client_secret is not None:
         secret = auth.client_secret.reveal()
-        secrets = [secret]
-        flow = OAuth2ClientCredentials(auth.token_url, auth.client_id, secret, auth.scope, secrets)
-        return Credentials(auth=flow, secrets=secrets)
+        flow = OAuth2ClientCredentials(auth.token_url, auth.client_id, secret, auth.scope)
+        return Credentials(auth=flow, secrets=[secret])
     raise ConfigError("destination.auth", f"incomplete settings for auth type {auth.type}")

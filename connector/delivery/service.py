@@ -49,7 +49,7 @@ from connector.destinations.base import (
 from connector.errors import DestinationAuthError, FatalError
 from connector.metrics import SinkMetrics
 from connector.records import Reason, Record
-from connector.redact import cut, mask, redact
+from connector.redact import cut, mask, redact, register
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class DeliveryService:
         self._settings = settings
         self._m = metrics
         self._fail_on_error = fail_on_error
-        self._secrets = secrets  # kept by reference: an OAuth2 flow adds each access token it fetches
+        register(secrets)  # masked with every other secret of the process (connector.redact.SECRETS)
         self.rate_limiter = RateLimiter(metrics, settings.requests_per_second, window=window)
         self.concurrency = ConcurrencyLimiter(settings.concurrency, metrics)
         self._backoff = Backoff(settings.retry.initial_backoff, settings.retry.max_backoff)
@@ -276,9 +276,7 @@ class DeliveryService:
                 self.destination.build([record])
             except _UNENCODABLE as exc:
                 message = f"cannot be encoded for {self.destination.type}: {type(exc).__name__}: {exc}"
-                result.failed.append(
-                    (record, Failure("invalid_record", redact(message, self._secrets)[:500]))
-                )
+                result.failed.append((record, Failure("invalid_record", redact(message)[:500])))
             else:
                 good.append(record)
         return good
@@ -414,7 +412,7 @@ class DeliveryService:
             headers["Content-Type"] = request.content_type
         try:
             got = await self._client.send(request.method, request.path, request.content, headers)
-            answer = _Answer(got.status, mask(got.body, self._secrets), got.headers)
+            answer = _Answer(got.status, mask(got.body), got.headers)
         except NoAnswer as exc:
             if exc.why != "timeout":  # an answer that could not be read (a corrupt body) is retried too
                 log.warning("%s: no answer (%s)", self.destination.type, exc)
@@ -440,7 +438,7 @@ class DeliveryService:
     ) -> Failure:
         return Failure(
             reason=reason,
-            message=redact(message, self._secrets),
+            message=redact(message),
             http_status=answer.status,
             http_body=cut(answer.body, MAX_BODY),  # masked as it arrived
             attempts=attempts,

@@ -50,8 +50,7 @@ def build_sink(
     creds = credentials(dest.auth)
     headers = dest.options.get("headers")
     if isinstance(headers, dict):  # http.bulk's own headers may carry credentials too
-        creds.secrets.extend(str(v) for v in headers.values() if len(str(v)) >= 4)
-    register(creds.secrets)
+        register(str(v) for v in headers.values())
     # One keep-alive pool per sink, sized to its concurrency.
     client = AiohttpClient(
         dest.url,
@@ -67,7 +66,6 @@ def build_sink(
         settings.delivery,
         m,
         fail_on_error=settings.on_error == "fail",
-        secrets=creds.secrets,
         # Sinks sending to one API with one credential share its rate-limit budget.
         window=(windows or ApiWindows()).get(dest.url, creds.secrets),
     )
