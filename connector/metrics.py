@@ -117,6 +117,12 @@ class Metrics:
             s,
             registry=r,
         )
+        self.answers_unexpected = Counter(
+            P + "answers_unexpected",
+            "API answers that differ from what the connector assumes of the API (see the log, said once)",
+            (*s, "what"),
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             P + "consumer_lag", "Messages behind the partition's end", (*s, "topic", "partition"), registry=r
         )
@@ -255,6 +261,10 @@ class SinkMetrics:
 
     def imports(self, outcome: str) -> None:
         self._child(self._m.imports, outcome).inc()
+
+    def unexpected(self, what: str) -> None:
+        """An answer that differs from what we assume of the API (`what` is a fixed word of the reader)."""
+        self._child(self._m.answers_unexpected, what).inc()
 
     def forget_lag(self, topic: str, partition: int) -> None:
         """A revoked partition's lag is another process's to report: remove the series."""

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from connector.config import DeliverySettings
 from connector.delivery.concurrency import ConcurrencyLimiter
 from connector.delivery.http import HttpClient, NoAnswer, NoAnswerWhy
+from connector.delivery.plan import keep_key_order
 from connector.delivery.ratelimit import ApiWindow, RateLimiter
 from connector.delivery.retry import OVERLOAD_STATUSES, RETRY_STATUSES, STOP_STATUSES, Backoff, decide
 from connector.destinations.base import (
@@ -218,6 +219,7 @@ class DeliveryService:
                 if not _unavailable(answer.status):
                     self._api_answered()
                 if isinstance(decision, Success):
+                    decision = keep_key_order(decision, records)
                     result.extend(self._succeeded(records, decision, request, answer, attempts))
                     if not decision.retry:
                         return []

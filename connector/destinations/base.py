@@ -106,6 +106,13 @@ def unreadable(destination: str, message: str) -> RetryAfter:
     return RetryAfter("unreadable_answer")
 
 
+_warned: set[tuple[str, str]] = set()
+
+
+def _uncounted(what: str) -> None:
+    return None
+
+
 def parse_ack(options: Mapping[str, Any]) -> bool:
     """The `ack` option: True for `completed` (commit only once the import is terminal)."""
     ack = options.get("ack", "accepted")
@@ -128,6 +135,17 @@ class Destination:
     # Set by the pipeline when each record's payload is exactly what its JSON value decodes to (format
     # json, no mapping): a builder may then send the value's bytes instead of encoding the payload again.
     payload_is_value: bool = False
+    # Set by the pipeline: counts an answer that differs from our assumption of the API
+    # (`answers_unexpected_total{what}`).
+    count_unexpected: Callable[[str], None] = staticmethod(_uncounted)
+
+    def unexpected(self, what: str, message: str) -> None:
+        """An answer differs from our assumption of the API: said once per process in the log, counted
+        every time in the metric, so it is seen without flooding the log."""
+        self.count_unexpected(what)
+        if (self.type, what) not in _warned:
+            _warned.add((self.type, what))
+            log.warning("%s: %s (said once; counted in answers_unexpected_total)", self.type, message)
 
     def check(self, payload: dict[str, Any]) -> str | None:
         """A rule the schema cannot say (e.g. a timestamp's zone); the problem in words, or None."""

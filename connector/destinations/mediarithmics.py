@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -43,6 +44,18 @@ TERMINAL_FAILED = frozenset({"FAILED", "CANCELED", "LOST", "EXECUTOR_NOT_RESPOND
 MIN_EPOCH_MS = 10**11  # smaller values are almost surely seconds, not milliseconds
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionStatus:
+    """The context of an execution's status request."""
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorFile:
+    """The context of an execution's error file request: how many lines the execution counted failed."""
+
+    failures: int
 
 
 def _dollar(value: dict[str, Any]) -> dict[str, Any]:
@@ -170,58 +183,90 @@ class MediarithmicsUserActivities(Destination):
         path = (
             f"/datamarts/{self.datamart_id}/document_imports/{request.context}/executions/{success.import_id}"
         )
-        return Request("GET", path, b"", context="status")
+        return Request("GET", path, b"", context=ExecutionStatus())
 
     def read_status(
         self, status: int, body: bytes, request: Request, batch: Sequence[Record]
     ) -> StatusReading:
-        if request.context == "errors":
+        if isinstance(request.context, ErrorFile):
             if 400 <= status < 500:  # the error file is gone: which lines failed cannot be known
                 return Done(
                     dict.fromkeys(range(len(batch)), f"failed in the import (error file: HTTP {status})")
                 )
             if not 200 <= status < 300:
                 return Pending()
-            return self._read_error_file(body, batch)
+            return self._read_error_file(body, batch, request.context.failures)
         if not 200 <= status < 300:
             return Pending()
         try:
             execution = orjson.loads(body)["data"]
-            state = str(execution["status"])
-            result = execution.get("result") or {}
-            error = execution.get("error") or {}
+            state = execution["status"]
+            result = execution.get("result")
+            error = execution.get("error")
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
             return Pending()
+        if not isinstance(state, str):
+            return _unplaced(batch, f"execution status {state!r} is not a string")
         if state in TERMINAL_FAILED:
             detail = error.get("message") if isinstance(error, dict) else error
             return Done(dict.fromkeys(range(len(batch)), str(detail or f"execution {state}")))
         if state not in TERMINAL_OK:
             return Pending()
+        return self._read_result(state, result if result is not None else {}, batch)
+
+    def _read_result(self, state: str, result: object, batch: Sequence[Record]) -> StatusReading:
+        """A succeeded execution's counts, read whole: every line is a success or a failure, and every
+        failure is named by the error file, or every line not named fails (which is which cannot be told,
+        and sending them again would import the others twice)."""
         if not isinstance(result, dict):
             return _unplaced(batch, f"execution {state} with a result of another shape")
-        try:
-            failures = int(result.get("total_failure") or 0)
-        except (TypeError, ValueError):
-            return _unplaced(batch, f"execution {state} with an unreadable total_failure")
-        if failures > 0 and result.get("error_file_uri"):
-            uri = quote(str(result["error_file_uri"]), safe="")
-            return FollowUp(Request("GET", f"/data_file/data?uri={uri}", b"", context="errors"))
-        return Done({})
+        failures = result.get("total_failure", 0)
+        successes = result.get("total_success")
+        if failures is None:
+            failures = 0
+        if type(failures) is not int or failures < 0:
+            return _unplaced(batch, f"execution {state} with an unreadable total_failure ({failures!r})")
+        if successes is not None and (type(successes) is not int or successes < 0):
+            return _unplaced(batch, f"execution {state} with an unreadable total_success ({successes!r})")
+        if successes is not None and successes + failures != len(batch):
+            return _unplaced(
+                batch,
+                f"execution {state} counts {successes} successes and {failures} failures "
+                f"of {len(batch)} lines",
+            )
+        if failures == 0:
+            return Done({})
+        uri = result.get("error_file_uri")
+        if not isinstance(uri, str) or not uri:
+            return _unplaced(batch, f"execution {state} reports {failures} failed lines and no error file")
+        path = f"/data_file/data?uri={quote(uri, safe='')}"
+        return FollowUp(Request("GET", path, b"", context=ErrorFile(failures)))
 
-    def _read_error_file(self, body: bytes, batch: Sequence[Record]) -> StatusReading:
-        """NDJSON lines `{"line": n, "error": "..."}`, n counting the execution's lines from 1."""
+    def _read_error_file(self, body: bytes, batch: Sequence[Record], failures: int) -> StatusReading:
+        """NDJSON lines `{"line": n, "error": "..."}`, n counting the execution's lines from 1. It must
+        name as many lines of the batch as the execution counted failures; when it names fewer, the
+        lines it does not name fail too (which of them failed cannot be told)."""
         failed: dict[int, str] = {}
         try:
             for raw in body.splitlines():
                 if raw.strip():
                     item = orjson.loads(raw)
-                    index = int(item["line"]) - 1
-                    if 0 <= index < len(batch):
-                        failed[index] = str(item.get("error", "failed in the import"))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                    line = item["line"]
+                    if type(line) is not int:
+                        raise TypeError(f"line {line!r} is not an integer")
+                    if 1 <= line <= len(batch):
+                        failed[line - 1] = str(item.get("error") or "failed in the import")
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             # The execution reported failures we cannot place: fail them all rather than call them delivered.
             log.warning("%s: unreadable error file (%s); failing the whole execution", self.type, exc)
             return Done(dict.fromkeys(range(len(batch)), "failed in the import (unreadable error file)"))
+        if len(failed) < failures:
+            self.unexpected("error_file", "an error file names fewer lines than the execution counted failed")
+            why = (
+                f"failed in the import: the execution counts {failures} failed lines, its error file names "
+                f"{len(failed)} of them"
+            )
+            return Done({i: failed.get(i, why) for i in range(len(batch))})
         return Done(failed)
 
 

@@ -9,6 +9,7 @@ dead-lettered, and what was created is never resent.
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -17,7 +18,15 @@ from typing import Any
 
 import orjson
 
-from connector.destinations.base import Destination, GiveUp, Reading, Request, Split, Success, unreadable
+from connector.destinations.base import (
+    Destination,
+    GiveUp,
+    Reading,
+    Request,
+    Split,
+    Success,
+    unreadable,
+)
 from connector.errors import ConfigError
 from connector.records import Record
 
@@ -26,6 +35,7 @@ CALL_FIELDS = ("callDirection", "callOutcome", "callDurationSeconds")
 MEETING_FIELDS = ("durationMinutes", "location", "meetingUrl")
 GUID_FIELDS = ("contactId", "companyId", "dealId", "ownerId")
 TIME_FIELDS = ("scheduledAt", "dueDate")
+log = logging.getLogger(__name__)
 _PASSING = re.compile(r"try again|temporar|timeout|timed out|unavailable", re.IGNORECASE)
 
 
@@ -81,28 +91,42 @@ class RallyCrmActivities(Destination):
     def read_success(self, status: int, body: bytes, request: Request, batch: Sequence[Record]) -> Reading:
         try:
             answer = orjson.loads(body)
-            created, failed = int(answer["created"]), int(answer["failed"])
-            errors = answer.get("errors") or []
-            rejected: dict[int, str] = {}
-            retry: list[int] = []
+            created, updated, failed = (_count(answer, name) for name in ("created", "updated", "failed"))
+            errors = answer.get("errors")
+            if errors is None:
+                errors = []
+            if not isinstance(errors, list):
+                raise TypeError(f"errors is a {type(errors).__name__}")
+            named: dict[int, str] = {}
             for error in errors:
-                index, message = int(error["index"]), str(error["message"])
-                if not 0 <= index < len(batch):
-                    return unreadable(self.type, f"error index {index} outside the request")
-                if _PASSING.search(message):
-                    retry.append(index)
-                else:
-                    rejected[index] = message
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                index = error["index"]
+                if type(index) is not int:
+                    raise TypeError(f"error index {index!r} is not an integer")
+                if not 0 <= index < len(batch) or index in named:
+                    raise ValueError(f"error index {index} outside the request or named twice")
+                named[index] = str(error.get("message") or "failed (no message)")
+            ids = answer.get("createdIds")
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             return unreadable(self.type, f"unexpected 2xx answer ({type(exc).__name__}: {exc})")
-        if created + failed != len(batch) or failed != len(rejected) + len(retry):
-            return unreadable(
-                self.type, f"counts do not add up: {created} created, {failed} failed of {len(batch)}"
-            )
-        return Success(rejected=rejected, retry=tuple(sorted(retry)))
+        if created + updated + failed != len(batch) or failed != len(named):
+            counts = f"{created} created, {updated} updated, {failed} failed, {len(named)} named"
+            self.unexpected("counts", f"an answer's counts do not add up ({counts} of {len(batch)})")
+            return unreadable(self.type, f"counts do not add up: {counts} of {len(batch)}")
+        if ids is not None and (not isinstance(ids, list) or len(ids) not in (created, created + updated)):
+            self.unexpected("created_ids", "createdIds does not list the created activities as assumed")
+        retry = tuple(i for i in sorted(named) if _PASSING.search(named[i]))
+        return Success(rejected={i: m for i, m in named.items() if i not in retry}, retry=retry)
 
     def read_refusal(self, status: int, body: bytes, request: Request, batch: Sequence[Record]) -> Reading:
         message = body[:300].decode("utf-8", "replace")
         if status in (400, 422) and len(batch) > 1:
             return Split(message)
         return GiveUp(message)
+
+
+def _count(answer: dict[str, Any], name: str) -> int:
+    """A counter of the answer: a non-negative integer; absent means 0 (`updated` is not always sent)."""
+    value = answer.get(name, 0)
+    if type(value) is not int or value < 0:
+        raise TypeError(f"{name} is {value!r}, not a count")
+    return value

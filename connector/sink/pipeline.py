@@ -43,6 +43,7 @@ def build_sink(
     m = metrics.sink(settings.name)
     destination, max_records = for_sink(settings, index)
     mapper = mapper_for(settings, destination, index)
+    destination.count_unexpected = m.unexpected
     destination.payload_is_value = (
         settings.format == "json" and mapper is None and destination.from_api_names is None
     )

@@ -10,13 +10,15 @@ from confluent_kafka import Message
 from connector.records import Record
 
 
-def record(payload: dict[str, Any], offset: int = 0, partition: int = 0, topic: str = "t") -> Record:
+def record(
+    payload: dict[str, Any], offset: int = 0, partition: int = 0, topic: str = "t", key: bytes | None = b"k"
+) -> Record:
     value = orjson.dumps(payload)
     message = Message(
         topic=topic,
         partition=partition,
         offset=offset,
-        key=b"k",
+        key=key,
         value=value,
         timestamp=(1, 1_700_000_000_000),
     )

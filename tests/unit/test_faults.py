@@ -24,7 +24,7 @@ from connector.delivery.imports import GRACE, MAX_POLLS, ImportFollower
 from connector.delivery.ratelimit import MAX_HOLD, ApiWindow, RateLimiter, budget_of
 from connector.delivery.service import DeliveryService, Failure, Tracked
 from connector.destinations.base import Destination, Done, Request
-from connector.destinations.mediarithmics import MediarithmicsUserActivities
+from connector.destinations.mediarithmics import ErrorFile, MediarithmicsUserActivities
 from connector.destinations.rally_crm import RallyCrmActivities
 from connector.destinations.rally_uxr import RallyUxrActivities
 from connector.errors import ConnectorError, DestinationAuthError, RegistryError, StartupError
@@ -70,7 +70,9 @@ def test_partial_retries_use_the_records_attempt_budget_and_never_recurse() -> N
     async def go() -> Any:
         async with httpx.AsyncClient(base_url="http://api", transport=httpx.MockTransport(handler)) as c:
             service, metrics = _service(RallyCrmActivities({}), c, attempts=3)
-            batch = [record(_crm("ok"), 0), record(_crm("x"), 1), record(_crm("ok"), 2)]
+            # Each of its own key: a record retried after a later one of its key was created would break
+            # per-key order (connector.delivery.plan.keep_key_order).
+            batch = [record(_crm(s), i, key=b"%d" % i) for i, s in enumerate(("ok", "x", "ok"))]
             return await service.deliver(batch), metrics
 
     result, metrics = asyncio.run(go())
@@ -382,7 +384,7 @@ def test_a_404_on_a_follow_up_fails_that_import_only() -> None:
     mics = MediarithmicsUserActivities({"datamart_id": 1})
     batch = [record({"ts": 1, "type": "TOUCH", "events": []}, i) for i in range(2)]
     reading = mics.read_status(
-        404, b"", Request("GET", "/data_file/data?uri=x", b"", context="errors"), batch
+        404, b"", Request("GET", "/data_file/data?uri=x", b"", context=ErrorFile(2)), batch
     )
     assert isinstance(reading, Done) and sorted(reading.failed) == [0, 1]
 
