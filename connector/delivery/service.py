@@ -9,13 +9,12 @@ the reason their dead letter will carry). It raises DestinationAuthError when th
 credentials, and FatalError when retries run out under `on_error: fail`; in both cases nothing of the
 batch is settled, so nothing past it is committed.
 
-A failed request backs off exponentially with full jitter. When OUTAGE_AFTER requests in a row got no
-answer or an answer that says the service is unavailable (502, 503, 504), the API is taken as down: one
-request (the prober) retries every PROBE_INTERVAL seconds without using up attempts, the others wait
-without sending (no wasted requests, no attempts burnt), and the first success wakes them all, so
-delivery resumes within moments of the API's return, whatever the backoff had grown to. An outage is
-waited out, never dead-lettered. Any other answer, even an error, shows the API is up: it uses the
-records' attempts, so a record the API keeps failing is dead-lettered, never probed forever.
+What follows from each answer (records done, parts to send again, how long to wait, whether the API is
+down and which part probes it) is decided by the pure planner, connector.delivery.plan; this loop only
+sends, waits and hands the outcomes on. While the API is down one request (the prober) retries every
+PROBE_INTERVAL seconds without using up attempts, the others wait without sending, and the first real
+answer wakes them all, so delivery resumes within moments of the API's return, whatever the backoff had
+grown to.
 
 Answers are masked as they arrive: every secret of the sink in the body is replaced by as many `*`, so
 what destinations read, and whatever messages, logs and dead letters carry from it, has none.
@@ -28,21 +27,20 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from connector.config import DeliverySettings
 from connector.delivery.concurrency import ConcurrencyLimiter
 from connector.delivery.http import HttpClient, NoAnswer, NoAnswerWhy
-from connector.delivery.plan import keep_key_order
+from connector.delivery.plan import Part, Plan, Policy, Signal, after_answer, after_setup_failure
 from connector.delivery.ratelimit import ApiWindow, RateLimiter
 from connector.delivery.retry import OVERLOAD_STATUSES, RETRY_STATUSES, STOP_STATUSES, Backoff, decide
 from connector.destinations.base import (
+    Decision,
     Destination,
-    GiveUp,
     Pending,
     Request,
     RetryAfter,
-    Split,
     StatusReading,
     Stop,
     Success,
@@ -60,15 +58,8 @@ OUTAGE_AFTER = 3  # failed requests in a row (across all lanes) that mean the AP
 # What encoding a record into a request body can raise (orjson, and orjson's recursion limit).
 _UNENCODABLE = (TypeError, ValueError, OverflowError, RecursionError)
 
-# Answers that say the service is unavailable; with no answer at all, the signs of an outage.
-UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
-
 # Answers to a status request that may mean the endpoint does not exist (our assumption of it is wrong).
 MISSING_STATUSES = frozenset({404, 405, 501})
-
-
-def _unavailable(status: int | None) -> bool:
-    return status is None or status in UNAVAILABLE_STATUSES
 
 
 def _always(record: Record) -> bool:
@@ -95,15 +86,6 @@ class Tracked:
     status: Request
     import_id: str | None
     nbytes: int = 0  # the records' bytes, held in memory while the import runs under ack: completed
-
-
-@dataclass(slots=True)
-class _Part:
-    """Records sent together, the attempts they have used, and when they may go again."""
-
-    records: list[Record]
-    attempts: int
-    not_before: float
 
 
 @dataclass(slots=True)
@@ -148,6 +130,8 @@ class DeliveryService:
         self.concurrency = ConcurrencyLimiter(settings.concurrency, metrics)
         self._backoff = Backoff(settings.retry.initial_backoff, settings.retry.max_backoff)
         self._failures_in_a_row = 0
+        self._answers = 0  # real answers of the API so far (not 502/503/504, not none): it is up
+        self._policy = Policy(settings.retry.max_attempts, self._backoff.delay, fail_on_error)
         self._recovered = asyncio.Event()  # set when the API answers again after an outage, then replaced
         self._prober: object | None = None
         self._setup_lock = asyncio.Lock()
@@ -158,117 +142,125 @@ class DeliveryService:
         """Send a batch until every record is delivered or failed.
 
         Every resend goes through here, without recursion: a batch is a queue of parts, each carrying the
-        attempts its records have used. A split replaces a part by its halves (same attempts; a 400 is
-        bisected at most log2(len) deep, as halves shrink); items a 2xx answer failed for a passing reason
-        become a part of their own that has used one attempt more and waits its backoff. So a record is
-        sent at most `max_attempts` times for transient failures, and a batch of n records makes at most
-        (2n - 1) * max_attempts requests besides 429s and outage probes, which are spaced and waited out.
+        attempts its records have used; each part is sent once, and the planner (connector.delivery.plan)
+        says what follows from the answer: records delivered, records failed, parts to send next. So a
+        record is sent at most `max_attempts` times for transient failures, and a batch of n records makes
+        at most (2n - 1) * max_attempts requests besides 429s and outage probes, which are spaced and
+        waited out.
 
         `alive(record)` is false once a record's partition has been revoked: such records are dropped
         before any resend (the partition's new owner sends them), and a part left empty ends.
         """
         result = BatchResult()
-        parts: deque[_Part] = deque([_Part(list(batch), 0, 0.0)])
+        parts: deque[Part] = deque([Part(list(batch))])
         while parts:
             part = parts.popleft()
-            more = await self._deliver_part(part, result, alive)
+            more = await self._send_part(part, result, alive)
             # Follow-ups go first, in order, so records with the same key keep their order.
             parts.extendleft(reversed(more))
         return result
 
-    async def _deliver_part(
-        self, part: _Part, result: BatchResult, alive: Callable[[Record], bool]
-    ) -> list[_Part]:
-        """Send one part until it is settled or split; returns the parts that follow from it."""
+    async def _send_part(
+        self, part: Part, result: BatchResult, alive: Callable[[Record], bool]
+    ) -> Sequence[Part]:
+        """Send one part once (after its wait) and apply the planner's plan; returns the parts that
+        follow from it."""
         me = object()
-        records, attempts = part.records, part.attempts
-        rate_limited = 0  # 429s in a row: not failures of the records, but each resend waits longer
-        probing = False
         try:
-            if part.not_before > time.monotonic():
+            probing = False
+            if part.not_before > time.monotonic() or self._failures_in_a_row >= OUTAGE_AFTER:
                 probing = await self._wait(part.not_before, me)
-            while True:
-                records = [r for r in records if alive(r)]
-                if not records:
-                    return []  # every record's partition was revoked meanwhile
-                setup = await self._setup()
-                if setup is not None:
-                    if setup.status == 429:
-                        rate_limited += 1
-                        await asyncio.sleep(self._backoff.delay(rate_limited))
-                        continue
-                    attempts += 0 if probing else 1
-                    if attempts >= self._settings.retry.max_attempts and not probing:
-                        result.extend(self._exhausted(records, RetryAfter("setup"), setup, attempts))
-                        return []
-                    probing = await self._wait(time.monotonic() + self._backoff.delay(attempts), me)
-                    continue
-                try:
-                    request = self.destination.build(records)
-                except _UNENCODABLE:
-                    # A record the API's body cannot carry (an integer past 64 bits, bytes, nesting past
-                    # orjson's limit): found alone, dead-lettered as invalid; the others go on.
-                    records = self._unencodable(records, result)
-                    continue
-                answer = await self._send(request, len(records))
-                decision = decide(
-                    self.destination, request, records, answer.status, answer.body, answer.headers, answer.why
+            records = [r for r in part.records if alive(r)]
+            if not records:
+                return ()  # every record's partition was revoked meanwhile
+            if len(records) != len(part.records):
+                part = replace(part, records=records)
+            setup = await self._setup()
+            if setup is not None:
+                plan = after_setup_failure(
+                    part, setup.status, probing=probing, policy=self._policy, now=time.monotonic()
                 )
-                if not probing and answer.status != 429:
-                    attempts += 1
-                if not _unavailable(answer.status):
-                    self._api_answered()
-                if isinstance(decision, Success):
-                    decision = keep_key_order(decision, records)
-                    result.extend(self._succeeded(records, decision, request, answer, attempts))
-                    if not decision.retry:
-                        return []
-                    # Items that failed for a passing reason go again alone, after a backoff, on the same
-                    # attempt budget; the rest is never resent.
-                    again = [records[i] for i in decision.retry]
-                    self._m.retry("partial")
-                    if attempts >= self._settings.retry.max_attempts:
-                        result.extend(self._exhausted(again, RetryAfter("partial"), answer, attempts))
-                        return []
-                    return [_Part(again, attempts, time.monotonic() + self._backoff.delay(attempts))]
-                if isinstance(decision, Split):
-                    self._m.batch("failed")
-                    middle = len(records) // 2
-                    # Bisecting uses no attempts: the halves carry what the records had used before this send.
-                    used = max(part.attempts, attempts - 1)
-                    return [_Part(records[:middle], used, 0.0), _Part(records[middle:], used, 0.0)]
-                if isinstance(decision, GiveUp):
-                    self._m.batch("failed")
-                    failure = self._failure("rejected", decision.message, answer, attempts)
-                    result.failed.extend((r, failure) for r in records)
-                    return []
-                if isinstance(decision, Stop):
-                    self._m.batch("failed")
-                    raise DestinationAuthError(f"{self.destination.type}: {decision.message}")
-                self._m.batch("retried")
-                self._m.retry(decision.reason)
-                if answer.status == 429:
-                    # The rate limiter holds every request until the API's wait is over; an API that
-                    # keeps answering 429 with no wait is not hammered: each resend waits longer.
-                    probing = False
-                    rate_limited += 1
-                    await asyncio.sleep(self._backoff.delay(rate_limited))
-                    continue
-                if _unavailable(answer.status):
-                    self._failures_in_a_row += 1
-                else:
-                    probing = False  # the API answers: this part's failures are its own, not an outage
-                if not probing:
-                    if attempts >= self._settings.retry.max_attempts:
-                        result.extend(self._exhausted(records, decision, answer, attempts))
-                        return []
-                    retry_at = time.monotonic() + self._backoff.delay(attempts, decision.after)
-                else:
-                    retry_at = time.monotonic()
-                probing = await self._wait(retry_at, me)
+                return self._apply(plan, part, setup, result)
+            try:
+                request = self.destination.build(records)
+            except _UNENCODABLE:
+                # A record the API's body cannot carry (an integer past 64 bits, bytes, nesting past
+                # orjson's limit): found alone, dead-lettered as invalid; the others go on.
+                good = self._unencodable(records, result)
+                return (replace(part, records=good),) if good else ()
+            answer = await self._send(request, len(records))
+            decision = decide(
+                self.destination, request, records, answer.status, answer.body, answer.headers, answer.why
+            )
+            plan = after_answer(
+                part,
+                decision,
+                answer.status,
+                probing=probing,
+                answers=self._answers,
+                outage=self._failures_in_a_row >= OUTAGE_AFTER,
+                policy=self._policy,
+                now=time.monotonic(),
+            )
+            self._count(decision, plan)
+            return self._apply(plan, part, answer, result, decision, request)
         finally:
             if self._prober is me:
                 self._prober = None
+
+    def _count(self, decision: Decision, plan: Plan) -> None:
+        """The metrics of one answer: batches_sent_total{outcome} and retries_total{reason}."""
+        if isinstance(decision, Success):
+            self._m.batch("partial" if decision.rejected or decision.retry else "success")
+            if decision.retry:
+                self._m.retry("partial")
+        elif isinstance(decision, RetryAfter):
+            self._m.batch("retried")
+            self._m.retry(decision.reason)
+        else:
+            self._m.batch("failed")
+        if any(f.reason == "retries_exhausted" for f in plan.failed):
+            self._m.batch("failed")
+
+    def _apply(
+        self,
+        plan: Plan,
+        part: Part,
+        answer: _Answer,
+        result: BatchResult,
+        decision: Decision | None = None,
+        request: Request | None = None,
+    ) -> Sequence[Part]:
+        """Hand the plan's outcomes on in `result`, tell the outage state what the answer said, and
+        return the parts to send next. Raises when the plan says the sink must stop."""
+        if plan.signal is Signal.ANSWERED:
+            self._api_answered()
+        elif plan.signal is Signal.UNAVAILABLE:
+            self._failures_in_a_row += 1
+        if plan.fatal is not None:
+            if isinstance(decision, Stop):
+                raise DestinationAuthError(f"{self.destination.type}: {plan.fatal}")
+            raise FatalError(f"{self.destination.type}: {plan.fatal}")
+        records = part.records
+        if plan.delivered:
+            delivered = [records[i] for i in plan.delivered]
+            result.delivered.extend(delivered)
+            self._m.delivered.inc(len(delivered))
+            self._m.delivery_latency.observe(max(0.0, time.time() - records[0].timestamp_ms / 1000))
+            if plan.tracked and isinstance(decision, Success) and request is not None:
+                status = self.destination.track(decision, request)
+                if status is not None:
+                    nbytes = sum(r.size for r in delivered)
+                    result.tracked.append(Tracked(delivered, status, decision.import_id, nbytes))
+        for failed in plan.failed:
+            failure = self._failure(failed.reason, failed.message, answer, failed.attempts, failed.import_id)
+            if failed.messages:
+                for i in failed.indices:
+                    message = redact(failed.messages.get(i, failed.message))
+                    result.failed.append((records[i], replace(failure, message=message)))
+            else:
+                result.failed.extend((records[i], failure) for i in failed.indices)
+        return plan.again
 
     def _unencodable(self, records: list[Record], result: BatchResult) -> list[Record]:
         """The records that can be encoded; the others are failed as invalid_record."""
@@ -290,6 +282,7 @@ class DeliveryService:
             self._recovered.set()
             self._recovered = asyncio.Event()
         self._failures_in_a_row = 0
+        self._answers += 1
 
     async def _wait(self, retry_at: float, me: object) -> bool:
         """Wait before retrying; True when leaving early to probe (an attempt that is not counted)."""
@@ -316,41 +309,6 @@ class DeliveryService:
                 if self._prober is me and self._failures_in_a_row >= OUTAGE_AFTER:
                     return True
 
-    def _exhausted(
-        self, records: Sequence[Record], decision: RetryAfter, answer: _Answer, attempts: int
-    ) -> BatchResult:
-        message = f"gave up after {attempts} attempts (last: {decision.reason})"
-        if self._fail_on_error:
-            raise FatalError(f"{self.destination.type}: {message}")
-        self._m.batch("failed")
-        failure = self._failure("retries_exhausted", message, answer, attempts)
-        return BatchResult(failed=[(r, failure) for r in records])
-
-    def _succeeded(
-        self, batch: Sequence[Record], decision: Success, request: Request, answer: _Answer, attempts: int
-    ) -> BatchResult:
-        result = BatchResult()
-        rejected, retry = decision.rejected, set(decision.retry)
-        if rejected or retry:
-            self._m.batch("partial")
-            for i, record in enumerate(batch):
-                if i in rejected:
-                    failure = self._failure("rejected", rejected[i], answer, attempts, decision.import_id)
-                    result.failed.append((record, failure))
-                elif i not in retry:
-                    result.delivered.append(record)
-        else:
-            self._m.batch("success")
-            result.delivered = list(batch)
-        if result.delivered:
-            self._m.delivered.inc(len(result.delivered))
-            self._m.delivery_latency.observe(max(0.0, time.time() - batch[0].timestamp_ms / 1000))
-            status = self.destination.track(decision, request)
-            if status is not None:
-                nbytes = sum(r.size for r in result.delivered)
-                result.tracked.append(Tracked(result.delivered, status, decision.import_id, nbytes))
-        return result
-
     async def _setup(self) -> _Answer | None:
         """Make the destination's setup request if it needs one (e.g. today's document import).
 
@@ -369,10 +327,6 @@ class DeliveryService:
             if answer.status is not None and self.destination.read_setup(answer.status, answer.body, request):
                 return None
             log.warning("%s: setup request failed (HTTP %s)", self.destination.type, answer.status)
-            if _unavailable(answer.status):
-                self._failures_in_a_row += 1
-            else:
-                self._api_answered()
             return answer
 
     async def poll_status(
