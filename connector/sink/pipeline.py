@@ -26,7 +26,7 @@ from connector.destinations import for_sink, mapper_for
 from connector.kafka import config_error, consumer_config, producer_config
 from connector.metrics import Metrics
 from connector.redact import register
-from connector.sink.backpressure import Backpressure
+from connector.sink.backpressure import RECORD_COST, Backpressure
 from connector.sink.offsets import OffsetTracker
 from connector.sink.task import SinkTask
 from connector.sink.worker import SinkWorker
@@ -128,7 +128,7 @@ def build_sink(
         consumer,
         task,
         dead_letters,
-        Backpressure(b.max_buffered_bytes, max_records * lanes),
+        Backpressure(b.max_buffered_bytes, max_records * lanes, RECORD_COST),
         m,
         shutdown_timeout=shutdown_timeout,
         on_close=close,

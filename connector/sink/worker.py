@@ -347,11 +347,11 @@ class SinkWorker:
         partitions once that has lasted HOLD_BEFORE_PAUSE; resume when it ends."""
         bp = self.backpressure
         records, nbytes = self.task.sending()
-        following = self.task.following()[1]
+        following_records, following = self.task.following()
         held = self.task.service.rate_limiter.held()
         if nbytes >= bp.max_bytes:
             self.task.send_open_batches(bp.max_bytes * 3 // 4)  # they fill most of it
-        bp.update(records, nbytes, held, following)
+        bp.update(records, nbytes, held, following, following_records)
         # Records waiting for a writer schema stop intake only while they wait (a fetch is quick).
         stopped = bp.paused or self.task.input_held()
         now = self._clock()

@@ -26,7 +26,7 @@ from connector.delivery.service import DeliveryService, Failure
 from connector.destinations.rally_uxr import RallyUxrActivities
 from connector.metrics import Metrics
 from connector.records import Record
-from connector.sink.backpressure import Backpressure
+from connector.sink.backpressure import RECORD_COST, Backpressure
 from connector.sink.offsets import OffsetTracker
 from connector.sink.task import SinkTask
 from connector.sink.worker import RESHARE_RETRY, SinkWorker
@@ -575,3 +575,32 @@ def test_the_share_is_not_looked_up_while_kafka_is_unreachable_and_failures_back
         worker._reshare(float(second))
     assert 3 <= len(calls) <= 6  # at 120, 125, 135, 155, 195 s: not every 5 s (24 times)
     assert worker._reshare_due
+
+
+def test_empty_records_waiting_for_their_dead_letters_stop_intake_too() -> None:
+    """Tombstones and empty values counted 0 bytes: while the dead-letter topic did not acknowledge,
+    60,000 of 60,000 were consumed and held with no pause."""
+    worker, consumer, dead_letters, metrics, _ = build(lanes=1)
+    dead_letters.poll = lambda: None  # type: ignore[method-assign]  # the broker never acknowledges
+    bound = 1 << 20
+    worker.backpressure = Backpressure(bound, 10, RECORD_COST)
+    consumer.queue = [
+        Message(topic=TOPIC, partition=0, offset=i, key=None, value=None if i % 2 else b"")
+        for i in range(60_000)
+    ]
+
+    async def go() -> int:
+        stop = asyncio.Event()
+        runner = asyncio.create_task(worker.run(stop))
+        await asyncio.sleep(0.5)
+        held = worker.task.sending()[0]
+        stop.set()
+        await runner
+        return held
+
+    held = asyncio.run(go())
+    consumed = 60_000 - len(consumer.queue)
+    # Intake stopped at the bound (plus what one consume call takes), not after every record.
+    assert held == consumed and consumed < bound // RECORD_COST + 1000, consumed
+    assert metrics.value("records_consumed_total", {"sink": "s", "topic": TOPIC}) == consumed
+    assert last_commit(consumer).get((TOPIC, 0), 0) == 0  # nothing acknowledged, nothing committed
