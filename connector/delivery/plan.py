@@ -284,3 +284,45 @@ def after_setup_failure(part: Part, status: int | None, *, probing: bool, policy
             again=(Part(part.records, part.attempts, now, 0, part.failed_at, part.isolated),), signal=signal
         )
     return _again(part, RetryAfter("setup"), policy, now, signal, part.failed_at, part.isolated)
+
+
+# --- single requests (the People.ai source) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Resend:
+    """Send the request again after `after` seconds."""
+
+    after: float
+
+
+@dataclass(frozen=True, slots=True)
+class Unanswered:
+    """Give up: no usable answer within the attempts, or one that may have taken effect (not resent)."""
+
+    why: str
+
+
+RequestStep = Resend | Unanswered | None  # None: the answer is the caller's to read
+
+
+def after_request(
+    status: int | None,
+    attempt: int,
+    *,
+    retry_statuses: frozenset[int],
+    resend_unclear: bool,
+    hint: float | None,
+    policy: Policy,
+) -> RequestStep:
+    """What follows a single request's answer (`status` None: no answer) at its `attempt`-th try.
+
+    `resend_unclear=False` for a request that must not take effect twice (creating an export job): an
+    answer lost or a 5xx may mean it did, so it is not sent again blind; a 429 says it did not."""
+    if status is not None and status not in retry_statuses:
+        return None
+    if attempt >= policy.max_attempts:
+        return Unanswered(f"no usable answer in {attempt} attempts")
+    if not resend_unclear and status != 429:
+        return Unanswered("not sent again: it may have taken effect")
+    return Resend(policy.delay(attempt, hint if status != 429 else None))

@@ -1,8 +1,9 @@
 """The typed retry decision for an answer, and backoff with full jitter. Pure.
 
 Statuses every API shares are decided here: 401/403 stop the sink; 408/425/429/500/502/503/504, timeouts
-and connection errors are retried; a 2xx is read by the destination into per-record outcomes, and any
-other status by the destination's refusal reader (a 400 usually means: split the batch).
+and connection errors are retried; 413 (too large) splits the batch; a 2xx is read by the destination
+into per-record outcomes, and any other status by the destination's refusal reader (a 400 usually means:
+split the batch).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
 
-from connector.destinations.base import Decision, Destination, Request, RetryAfter, Stop
+from connector.destinations.base import Decision, Destination, GiveUp, Request, RetryAfter, Split, Stop
 from connector.records import Record
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -41,6 +42,9 @@ def decide(
         )
     if status in STOP_STATUSES:
         return Stop(f"the destination refused our credentials (HTTP {status})")
+    if status == 413:  # too large: halves fit, or the record alone is refused (replay would rebuild it)
+        message = f"HTTP 413: {body[:200].decode('utf-8', 'replace')}"
+        return Split(message) if len(batch) > 1 else GiveUp(message)
     return destination.read_refusal(status, body, request, batch)
 
 

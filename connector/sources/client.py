@@ -17,6 +17,7 @@ import httpx
 
 from connector.config import DeliverySettings
 from connector.delivery.auth import Credentials
+from connector.delivery.plan import Policy, Unanswered, after_request
 from connector.delivery.ratelimit import RateLimiter
 from connector.delivery.retry import RETRY_STATUSES, STOP_STATUSES, Backoff, retry_after
 from connector.errors import ConnectorError, DestinationAuthError
@@ -46,7 +47,7 @@ class ApiClient:
         )
         self._limiter = RateLimiter(metrics, delivery.requests_per_second)
         self._backoff = Backoff(delivery.retry.initial_backoff, delivery.retry.max_backoff)
-        self._attempts = delivery.retry.max_attempts
+        self._policy = Policy(delivery.retry.max_attempts, self._backoff.delay)
         self._auth = credentials.auth
 
     async def request(
@@ -57,10 +58,13 @@ class ApiClient:
         `retry_unclear=False` for a request that must not be made twice: one whose answer was lost or was
         a 5xx (it may have taken effect) is not sent again; a 429 (it did not) still is."""
         last = ""
-        for attempt in range(1, self._attempts + 1):
+        attempt = 0
+        while True:  # bounded: after_request ends it at max_attempts
+            attempt += 1
             number = await self._limiter.acquire()
             started = time.monotonic()
             status: int | None = None
+            body = b""
             hint: float | None = None
             try:
                 response = await self._client.request(
@@ -83,18 +87,24 @@ class ApiClient:
                 self._m.rate_limited.inc()
             if status in STOP_STATUSES:
                 raise DestinationAuthError(f"People.ai refused our credentials (HTTP {status} to {method})")
-            if status is not None and status not in RETRY_STATUSES:
+            step = after_request(
+                status,
+                attempt,
+                retry_statuses=RETRY_STATUSES,
+                resend_unclear=retry_unclear,
+                hint=hint,
+                policy=self._policy,
+            )
+            if step is None:
+                assert status is not None
                 return status, body
-            if attempt == self._attempts or (not retry_unclear and status != 429):
-                break
+            if isinstance(step, Unanswered):
+                raise RequestFailed(redact(f"{method} {path}: {step.why} ({last})", self._secrets))
             self._m.retry(
                 str(status) if status is not None else "timeout" if last == "timeout" else "connection"
             )
-            # A 429 holds every request through the limiter already; other failures back off here.
-            await asyncio.sleep(self._backoff.delay(attempt, hint if status != 429 else None))
-        raise RequestFailed(
-            redact(f"{method} {path}: no usable answer in {self._attempts} attempts ({last})", self._secrets)
-        )
+            # A 429 holds every request through the limiter already; other failures back off here too.
+            await asyncio.sleep(step.after)
 
     async def lines(self, path: str, deadline: float) -> AsyncIterator[bytes]:
         """The lines of a download (without their line ends, empty lines skipped). The download must end

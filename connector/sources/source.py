@@ -238,8 +238,10 @@ class PeopleAiSource:
                     log.info("%s: taking back job %s of %s", self.name, job.id, window.label())
                     return job
         await self._wait_for_room()
+        # Never sent again blind: a lost answer or a 5xx may have created the job (an orphan would hold
+        # one of the account's few job slots until it ends); a 429 is resent.
         status, body = await self.api.request(
-            "POST", peopleai.JOBS, peopleai.create_body(window, self.s.activity_type)
+            "POST", peopleai.JOBS, peopleai.create_body(window, self.s.activity_type), retry_unclear=False
         )
         if status not in (200, 201, 202):
             raise RequestFailed(f"creating the export job answered HTTP {status}: {_excerpt(body)}")
