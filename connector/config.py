@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -305,6 +306,28 @@ class _Section:
             raise ConfigError(self.path(unknown[0]), "unknown key")
 
 
+def _http_url(section: _Section, key: str) -> str:
+    """An http(s) URL with a host and, if given, a port that is a number (a typo such as `:443o` was a
+    traceback at the first request). The value is shown without its credentials."""
+    url = section.string(key).rstrip("/")
+    shown = masked_url(url)
+    if not re.match(r"^https?://", url):
+        raise ConfigError(section.path(key), f"must start with http:// or https://, got {shown!r}")
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ConfigError(section.path(key), f"is not a valid URL: {shown!r}") from None
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ConfigError(section.path(key), f"the port must be a number from 1 to 65535, got {shown!r}")
+    if not parts.hostname:
+        raise ConfigError(section.path(key), f"has no host: {shown!r}")
+    return url
+
+
 def _auth(section: _Section) -> AuthSettings:
     kind = section.choice(
         "type", ("none", "bearer", "api_key", "header", "oauth2_client_credentials"), "none"
@@ -325,7 +348,7 @@ def _auth(section: _Section) -> AuthSettings:
     elif kind == "oauth2_client_credentials":
         auth = AuthSettings(
             type="oauth2_client_credentials",
-            token_url=section.string("token_url"),
+            token_url=_http_url(section, "token_url"),
             client_id=section.string("client_id"),
             client_secret=secret("client_secret"),
             scope=section.string("scope", ""),
@@ -379,7 +402,7 @@ def _sink(section: _Section, index: int, base_dir: Path) -> SinkSettings:
     registry_props: dict[str, str] | None = None
     if fmt == "avro-confluent":
         registry = section.section("schema_registry")
-        registry_props = {"url": registry.string("url")}
+        registry_props = {"url": _http_url(registry, "url")}
         for key in REGISTRY_KEYS:
             if registry.has(key):
                 registry_props[key] = registry.string(key)
@@ -403,9 +426,7 @@ def _sink(section: _Section, index: int, base_dir: Path) -> SinkSettings:
 
     dest = section.section("destination")
     dest_type = dest.string("type")
-    url = dest.string("url").rstrip("/")
-    if not re.match(r"^https?://", url):
-        raise ConfigError(dest.path("url"), f"must start with http:// or https://, got {url!r}")
+    url = _http_url(dest, "url")
     auth_section = dest.section("auth")
     auth = _auth(auth_section)
     options = {k: v for k, v in dest.data.items() if k not in ("type", "url", "auth")}
@@ -489,9 +510,7 @@ def _source(section: _Section) -> SourceSettings:
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
         raise ConfigError(section.path("name"), "use letters, digits, '.', '_' and '-' only")
     kind = section.choice("type", ("peopleai.activities",), "peopleai.activities")
-    url = section.string("url").rstrip("/")
-    if not re.match(r"^https?://", url):
-        raise ConfigError(section.path("url"), f"must start with http:// or https://, got {url!r}")
+    url = _http_url(section, "url")
     auth = _auth(section.section("auth"))
     if auth.type != "oauth2_client_credentials":
         raise ConfigError(section.path("auth.type"), "People.ai needs oauth2_client_credentials")

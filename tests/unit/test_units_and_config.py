@@ -127,3 +127,24 @@ def test_the_derived_prefetch_bounds_never_make_librdkafka_refuse_the_consumer()
         {"fetch.max.bytes": 5_000_000}, "g", {"queued.max.messages.kbytes": 4096}, 6 << 20
     )
     assert (config["fetch.max.bytes"], config["queued.max.messages.kbytes"]) == (5_000_000, 4096)
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("https://host:443o/v1", "the port must be a number from 1 to 65535, got 'https://host:443o/v1'"),
+        ("https://host:99999/v1", "the port must be a number from 1 to 65535"),
+        ("https://host:0/v1", "the port must be a number from 1 to 65535"),
+        ("https://[::1/v1", "is not a valid URL"),
+        ("https:///v1", "has no host"),
+        ("https://user:pa55word@host:x/v1", "got 'https://***@host:x/v1'"),
+    ],
+)
+def test_a_url_typo_is_a_configuration_error_naming_the_key(url: str, problem: str) -> None:
+    """`url: https://host:443o/v1` ended `check` and `run` in a traceback instead of exit 2."""
+    doc = _minimal()
+    doc["sinks"][0]["destination"]["url"] = url
+    with pytest.raises(ConfigError) as info:
+        parse_settings(doc, env={"TOKEN": "t"})
+    assert info.value.key == "sinks[0].destination.url"
+    assert problem in info.value.problem and "pa55word" not in str(info.value)
