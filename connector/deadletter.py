@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from connector.delivery.service import Failure
 from connector.metrics import SinkMetrics
+from connector.outcomes import Failure
 from connector.records import Reason, Record
 from connector.redact import cut, mask
 

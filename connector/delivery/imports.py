@@ -38,8 +38,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from connector.delivery.service import DeliveryService, Tracked
+from connector.delivery.service import DeliveryService
 from connector.destinations.base import Done, FollowUp, Request
+from connector.outcomes import Tracked
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from connector.config import DeliverySettings
 from connector.delivery.concurrency import ConcurrencyLimiter
@@ -47,6 +47,7 @@ from connector.destinations.base import (
 )
 from connector.errors import DestinationAuthError, FatalError
 from connector.metrics import SinkMetrics
+from connector.outcomes import BatchResult, Failure, Tracked
 from connector.records import Reason, Record
 from connector.redact import cut, mask, redact, register
 
@@ -64,40 +65,6 @@ MISSING_STATUSES = frozenset({404, 405, 501})
 
 def _always(record: Record) -> bool:
     return True
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """Why a record was not delivered; becomes its dead letter's headers."""
-
-    reason: Reason
-    message: str
-    http_status: int | None = None
-    http_body: bytes = b""
-    attempts: int = 0
-    import_id: str | None = None
-
-
-@dataclass(slots=True)
-class Tracked:
-    """Records the API accepted into an import that is still running; `status` asks where it stands."""
-
-    records: list[Record]
-    status: Request
-    import_id: str | None
-    nbytes: int = 0  # the records' bytes, held in memory while the import runs under ack: completed
-
-
-@dataclass(slots=True)
-class BatchResult:
-    delivered: list[Record] = field(default_factory=list)
-    failed: list[tuple[Record, Failure]] = field(default_factory=list)
-    tracked: list[Tracked] = field(default_factory=list)
-
-    def extend(self, other: BatchResult) -> None:
-        self.delivered.extend(other.delivered)
-        self.failed.extend(other.failed)
-        self.tracked.extend(other.tracked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,14 +211,16 @@ class DeliveryService:
         records = part.records
         if plan.delivered:
             delivered = [records[i] for i in plan.delivered]
-            result.delivered.extend(delivered)
             self._m.delivered.inc(len(delivered))
             self._m.delivery_latency.observe(max(0.0, time.time() - records[0].timestamp_ms / 1000))
+            status = None
             if plan.tracked and isinstance(decision, Success) and request is not None:
                 status = self.destination.track(decision, request)
-                if status is not None:
-                    nbytes = sum(r.size for r in delivered)
-                    result.tracked.append(Tracked(delivered, status, decision.import_id, nbytes))
+            if status is None or not isinstance(decision, Success):
+                result.done.extend(delivered)
+            else:  # taken into an import that may still fail them: followed, not delivered yet
+                nbytes = sum(r.size for r in delivered)
+                result.tracked.append(Tracked(delivered, status, decision.import_id, nbytes))
         for failed in plan.failed:
             failure = self._failure(failed.reason, failed.message, answer, failed.attempts, failed.import_id)
             if failed.messages:

@@ -19,7 +19,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
-from typing import Any, Protocol
+from typing import Any
 
 from confluent_kafka import Message
 
@@ -27,13 +27,15 @@ from connector.codec import DecodeError, Decoder, Mapper, MappingError, SchemaPe
 from connector.codec.avro import ConfluentAvroDecoder
 from connector.codec.registry import SchemaNotFound, SchemaRegistry
 from connector.delivery.imports import ImportFollower
-from connector.delivery.service import BatchResult, DeliveryService, Failure, Tracked
-from connector.destinations.base import Destination, Done
-from connector.errors import ConnectorError, DeadLetterError, FatalError, RegistryError
+from connector.delivery.service import DeliveryService
+from connector.destinations.base import Destination
+from connector.errors import ConnectorError, FatalError, RegistryError
 from connector.metrics import SinkMetrics
+from connector.outcomes import BatchResult, Failure
 from connector.records import Record
 from connector.sink.batcher import Batch, Batcher
 from connector.sink.offsets import OffsetTracker, TopicPartition
+from connector.sink.settle import DeadLetters, Settle
 
 log = logging.getLogger(__name__)
 
@@ -43,27 +45,6 @@ REGISTRY_MAX_BACKOFF = 30.0  # seconds between tries to fetch a schema while the
 
 def _size(record: Record) -> int:
     return record.size
-
-
-class DeadLetters(Protocol):
-    """Where failed records go (connector.deadletter.DeadLetterWriter, or a fake in unit tests)."""
-
-    topic: str
-
-    @property
-    def pending(self) -> int:
-        """Writes the broker has not answered yet."""
-        ...
-
-    def held(self) -> tuple[int, int]:
-        """(records, bytes) of those writes."""
-        ...
-
-    def write(self, record: Record, failure: Failure) -> None: ...
-
-    def poll(self) -> None: ...
-
-    def flush(self, timeout: float) -> int: ...
 
 
 class Lane:
@@ -117,17 +98,22 @@ class SinkTask:
         self._fetching: set[int] = set()
         self._registry_up = True
         self.lanes = [Lane(Batcher(max_records, max_bytes, max_wait)) for _ in range(lanes)]
-        self.imports = ImportFollower(
-            service, self._import_done, self._imports_unfollowed, parallel=len(self.lanes)
+        self.fatal: BaseException | None = None
+        self.settle = Settle(name, offsets, metrics, destination.ack_completed, self._fail)
+        self.imports = self.settle.imports = ImportFollower(
+            service, self.settle.import_ended, self.settle.imports_unfollowed, parallel=len(self.lanes)
         )
         self.dead_letters: DeadLetters | None = None
-        self.fatal: BaseException | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._follower: asyncio.Task[None] | None = None
 
     def attach(self, dead_letters: DeadLetters) -> None:
         """The dead-letter writer; it calls `dead_lettered` once the broker has answered."""
-        self.dead_letters = dead_letters
+        self.dead_letters = self.settle.dead_letters = dead_letters
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.fatal is None:
+            self.fatal = exc
 
     # --- put: the per-record hot path ----------------------------------------------------------------------
 
@@ -272,7 +258,7 @@ class SinkTask:
 
     async def _deliver(self, lane: Lane, batch: Batch[Record]) -> None:
         try:
-            result: BatchResult = await self.service.deliver(batch.items, self._owned)
+            result: BatchResult = await self.service.deliver(batch.items, self.settle.owned)
         except asyncio.CancelledError:
             lane.inflight = None  # shutdown: the batch is let go, unsettled
             raise
@@ -284,20 +270,9 @@ class SinkTask:
             log.exception("%s: delivery failed unexpectedly", self.name)
             self.fatal = exc
             return
-        # With ack: completed, records in a running import settle only once it is terminal (and never
-        # when imports cannot be followed: the sink then stops, committing nothing past them).
-        hold = self.destination.ack_completed
-        held = {id(r) for t in result.tracked for r in t.records} if hold else set()
-        for record in result.delivered:
-            if id(record) not in held:
-                self.offsets.settle((record.topic, record.partition), record.epoch, record.offset)
-        for record, failure in result.failed:
-            self.dead_letter(record, failure)
-        if self.imports.unsupported is None:
-            for tracked in result.tracked:
-                self.imports.add(tracked)
-            if result.tracked and self._follower is None:
-                self._follower = asyncio.create_task(self._follow())
+        self.settle.batch(result)
+        if result.tracked and self._follower is None and self.imports.unsupported is None:
+            self._follower = asyncio.create_task(self._follow())
         lane.inflight = None
 
     async def _follow(self) -> None:
@@ -310,63 +285,19 @@ class SinkTask:
             log.exception("%s: following imports failed unexpectedly", self.name)
             self.fatal = exc
 
-    def _owned(self, record: Record) -> bool:
-        """Whether the record's partition is still assigned as when it was consumed."""
-        return self.offsets.epoch((record.topic, record.partition)) == record.epoch
-
-    def _import_done(self, tracked: Tracked, done: Done, outcome: str) -> None:
-        """An import ended; its failed records are dead-lettered with reason import_failed."""
-        hold = self.destination.ack_completed
-        # Usually nothing failed and nothing waits to settle: then no record needs looking at.
-        for i, record in enumerate(tracked.records if done.failed or hold else ()):
-            message = done.failed.get(i)
-            if message is not None:
-                self.dead_letter(
-                    record, Failure("import_failed", message, attempts=1, import_id=tracked.import_id)
-                )
-            elif hold:
-                self.offsets.settle((record.topic, record.partition), record.epoch, record.offset)
-        self.m.imports(outcome)
-        if done.failed:
-            log.warning(
-                "%s: import %s: %d records failed",
-                self.name,
-                tracked.import_id,
-                len(done.failed),
-                extra={"import_id": tracked.import_id},
-            )
-
-    def _imports_unfollowed(self, status: int, pending: list[Tracked]) -> None:
-        self.m.import_status_unsupported.set(1)
-        if self.destination.ack_completed:
-            self.fatal = FatalError(
-                f"{self.name}: ack: completed needs the import status endpoint, which answers HTTP "
-                f"{status}; set ack: accepted to deliver without following imports"
-            )
-            return  # nothing of these imports is settled, so nothing past them is committed
-        for tracked in pending:
-            self._import_done(tracked, Done(), "unknown")
-
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    # --- settling ------------------------------------------------------------------------------------------
+    # --- settling (connector.sink.settle decides) -------------------------------------------------------
 
     def dead_letter(self, record: Record, failure: Failure) -> None:
-        if not self._owned(record):
-            return  # revoked meanwhile: the partition's new owner decides about this record
-        assert self.dead_letters is not None, "attach() the dead-letter writer first"
-        self.dead_letters.write(record, failure)
+        self.settle.dead_letter(record, failure)
 
     def dead_lettered(self, record: Record, failure: Failure, ok: bool) -> None:
         """The broker answered a dead-letter write."""
-        if ok:
-            self.offsets.settle((record.topic, record.partition), record.epoch, record.offset)
-        elif self.fatal is None:
-            topic = self.dead_letters.topic if self.dead_letters is not None else "?"
-            self.fatal = DeadLetterError(f"{self.name}: could not write to dead-letter topic {topic}")
+        self.settle.dead_lettered(record, failure, ok)
 
     # --- what is held --------------------------------------------------------------------------------------
 

@@ -26,7 +26,8 @@ from connector.logs import KAFKA_LOGGER, current_sink
 from connector.metrics import SinkMetrics
 from connector.sink.backpressure import Backpressure
 from connector.sink.offsets import OffsetTracker
-from connector.sink.task import DeadLetters, SinkTask
+from connector.sink.settle import DeadLetters
+from connector.sink.task import SinkTask
 
 log = logging.getLogger(__name__)
 kafka_log = logging.getLogger(KAFKA_LOGGER)  # repeated identical lines collapsed (connector.logs)

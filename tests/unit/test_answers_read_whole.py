@@ -13,11 +13,12 @@ from confluent_kafka import Message
 from connector.config import DeliverySettings, RetrySettings
 from connector.delivery.http import HttpxClient
 from connector.delivery.plan import OUT_OF_ORDER, keep_key_order
-from connector.delivery.service import BatchResult, DeliveryService
+from connector.delivery.service import DeliveryService
 from connector.destinations.base import Destination, Done, FollowUp, Request, Success
 from connector.destinations.mediarithmics import ExecutionStatus, MediarithmicsUserActivities
 from connector.destinations.rally_crm import RallyCrmActivities
 from connector.metrics import Metrics
+from connector.outcomes import BatchResult
 from connector.records import Record
 from connector.sandbox.events import crm_activity
 from tests.unit.helpers import record

@@ -11,10 +11,11 @@ import pytest
 
 from connector.config import DeliverySettings, RetrySettings
 from connector.delivery.http import HttpxClient
-from connector.delivery.service import BatchResult, DeliveryService
+from connector.delivery.service import DeliveryService
 from connector.destinations.rally_uxr import RallyUxrActivities
 from connector.errors import DestinationAuthError
 from connector.metrics import Metrics
+from connector.outcomes import BatchResult
 from connector.records import Record
 from tests.unit.helpers import activity, record
 

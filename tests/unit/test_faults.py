@@ -22,13 +22,14 @@ from connector.delivery.auth import TokenEndpointError
 from connector.delivery.http import HttpxClient
 from connector.delivery.imports import GRACE, MAX_POLLS, ImportFollower
 from connector.delivery.ratelimit import MAX_HOLD, ApiWindow, RateLimiter, budget_of
-from connector.delivery.service import DeliveryService, Failure, Tracked
+from connector.delivery.service import DeliveryService
 from connector.destinations.base import Destination, Done, Request
 from connector.destinations.mediarithmics import ErrorFile, MediarithmicsUserActivities
 from connector.destinations.rally_crm import RallyCrmActivities
 from connector.destinations.rally_uxr import RallyUxrActivities
 from connector.errors import ConnectorError, DestinationAuthError, RegistryError, StartupError
 from connector.metrics import HealthServer, Metrics
+from connector.outcomes import Failure, Tracked
 from connector.records import Record
 from connector.redact import cut, mask
 from connector.sink.offsets import OffsetTracker

@@ -25,10 +25,11 @@ from connector.delivery.plan import (
     after_answer,
     after_setup_failure,
 )
-from connector.delivery.service import BatchResult, DeliveryService
+from connector.delivery.service import DeliveryService
 from connector.destinations.base import Decision, GiveUp, RetryAfter, Split, Stop, Success
 from connector.destinations.http_bulk import HttpBulk
 from connector.metrics import Metrics
+from connector.outcomes import BatchResult
 from tests.unit.helpers import record
 
 EXAMPLES = 500

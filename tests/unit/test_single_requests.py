@@ -15,9 +15,10 @@ from connector.config import DeliverySettings, RetrySettings, parse_settings
 from connector.delivery.http import HttpxClient
 from connector.delivery.plan import Policy, Resend, Unanswered, after_request
 from connector.delivery.retry import RETRY_STATUSES
-from connector.delivery.service import BatchResult, DeliveryService
+from connector.delivery.service import DeliveryService
 from connector.destinations.http_bulk import HttpBulk
 from connector.metrics import Metrics
+from connector.outcomes import BatchResult
 from connector.sources import peopleai
 from connector.sources.client import RequestFailed
 from connector.sources.cursor import Cursor, Window

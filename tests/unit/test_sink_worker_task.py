@@ -22,9 +22,10 @@ from connector.codec.json import JsonDecoder
 from connector.codec.schema import validator_for
 from connector.config import DeliverySettings, RetrySettings
 from connector.delivery.http import HttpxClient
-from connector.delivery.service import DeliveryService, Failure
+from connector.delivery.service import DeliveryService
 from connector.destinations.rally_uxr import RallyUxrActivities
 from connector.metrics import Metrics
+from connector.outcomes import Failure
 from connector.records import Record
 from connector.sink.backpressure import RECORD_COST, Backpressure
 from connector.sink.offsets import OffsetTracker
