@@ -166,7 +166,10 @@ class MediarithmicsUserActivities(Destination):
     def read_success(self, status: int, body: bytes, request: Request, batch: Sequence[Record]) -> Reading:
         try:
             execution = orjson.loads(body)["data"]
-            execution_id = str(execution["id"])
+            execution_id = execution["id"]
+            if not (isinstance(execution_id, str) and execution_id) and type(execution_id) is not int:
+                raise TypeError(f"execution id {execution_id!r} is not an id")
+            execution_id = str(execution_id)
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             return unreadable(self.type, f"unexpected 2xx answer ({type(exc).__name__}: {exc})")
         return Success(import_id=execution_id)

@@ -93,24 +93,36 @@ class _RallyUxrImport(Destination):
             answer = orjson.loads(body)
             state = answer["status"]
             failed_records = answer.get("failedRecords")
+            count = answer.get("personCount")
         except (orjson.JSONDecodeError, KeyError, TypeError):
             log.warning("%s: unexpected import status answer; asking again", self.type)
             return Pending()
         if state not in ("COMPLETED", "ERROR"):
             return Pending()
+        if count is not None and (type(count) is not int or count < 0):
+            log.warning("%s: import status with a personCount that is not a count", self.type)
+            return Done(
+                dict.fromkeys(range(len(batch)), f"unreadable personCount in import status ({state})")
+            )
         if state == "ERROR" and not failed_records:
             # null means the whole import failed; an empty list under ERROR names no one, so the same is
             # assumed rather than reading a failed import as delivered (a dead letter can be replayed).
             return Done(dict.fromkeys(range(len(batch)), "the import failed (status ERROR)"))
         if not failed_records:
-            return Done()  # the common case: nothing to match, so no record is looked at
+            # The common case: nothing to match, so no record is looked at (unless the count says less).
+            return Done() if count is None or count >= len(batch) else self._counted(Done(), count, batch)
         if not isinstance(failed_records, list) or not all(isinstance(i, dict) for i in failed_records):
             # Which records failed cannot be read: none is taken as delivered.
             log.warning("%s: import status lists failedRecords of an unexpected shape", self.type)
             return Done(
                 dict.fromkeys(range(len(batch)), f"unreadable failedRecords in import status ({state})")
             )
-        names = {str(v) for item in failed_records for v in item.values() if v is not None}
+        if not all(_names(item) is not None for item in failed_records):
+            log.warning("%s: import status names failed records by values that are not ids", self.type)
+            return Done(
+                dict.fromkeys(range(len(batch)), f"unreadable failedRecords in import status ({state})")
+            )
+        names = {n for item in failed_records for n in _names(item) or ()}
         failed = {
             i: f"failed in import ({state})"
             for i, record in enumerate(batch)
@@ -124,7 +136,42 @@ class _RallyUxrImport(Destination):
             return Done(dict.fromkeys(range(len(batch)), message))
         # Under COMPLETED, an entry that names none of them may be a person refused in the 202 already
         # (dead-lettered then): the others were imported.
-        return Done(failed)
+        return self._counted(Done(failed), count, batch)
+
+    def _counted(self, done: Done, count: int | None, batch: Sequence[Record]) -> Done:
+        """`done` checked against personCount, the people imported: fewer than the people of the records
+        taken as delivered means failures it does not name, so none of them is taken as delivered."""
+        if count is None:
+            return done
+        people = {ids[0] for i, r in enumerate(batch) if i not in done.failed and (ids := self.identity(r))}
+        if count >= len(people):
+            return done
+        self.unexpected("person_count", "an import status counts fewer people imported than it names failed")
+        why = f"not known to be imported: the import counts {count} people imported of {len(people)}"
+        return Done({i: done.failed.get(i, why) for i in range(len(batch))})
+
+
+def _names(item: object) -> list[str] | None:
+    """The values a failedRecords entry names a record by; None when it is not an object of ids."""
+    if not isinstance(item, dict):
+        return None
+    names = []
+    for value in item.values():
+        if value is None:
+            continue
+        if isinstance(value, str) or type(value) is int:
+            names.append(str(value))
+        else:
+            return None
+    return names
+
+
+def _position(value: object, size: int) -> int:
+    """A position in the request, as an error path gives it: an integer within it (a negative one or a
+    boolean would name another record)."""
+    if type(value) is not int or not 0 <= value < size:
+        raise IndexError(f"position {value!r} is not in the request")
+    return value
 
 
 class RallyUxrActivities(_RallyUxrImport):
@@ -186,15 +233,24 @@ class RallyUxrActivities(_RallyUxrImport):
                 path, message = error["path"], str(error["message"])
                 if len(path) < 2 or path[0] != "peopleActivities":
                     return unreadable(self.type, f"error path {path!r} does not name a person")
-                indices = people[path[1]]
+                indices = people[_position(path[1], len(people))]
                 if len(path) >= 4 and path[2] == "activities":
-                    rejected[indices[path[3]]] = message
+                    rejected[indices[_position(path[3], len(indices))]] = message
                 else:
                     for i in indices:
                         rejected[i] = message
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
             return unreadable(self.type, f"unexpected 2xx answer ({type(exc).__name__}: {exc})")
         took = len(batch) - len(rejected)
+        counted = answer.get("activitiesCount")
+        if type(counted) is int and counted < took:
+            # It imports fewer than it names refused: which ones cannot be told, so none is delivered.
+            self.unexpected(
+                "activities_count", "a 202 counts fewer activities imported than it did not refuse"
+            )
+            return unreadable(self.type, f"activitiesCount {counted} is less than the {took} not refused")
+        if counted is None or type(counted) is not int:
+            self.unexpected("activities_count", "a 202 without activitiesCount as a number")
         log.debug(
             "%s: import %s took %d of %d",
             self.type,

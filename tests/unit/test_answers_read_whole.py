@@ -170,3 +170,50 @@ def test_mics_counts_that_do_not_add_up_deliver_nothing() -> None:
         assert isinstance(reading, Done) and sorted(reading.failed) == [0, 1, 2, 3], result
     assert mics.read_status(200, _execution(total_success=4, total_failure=0), status, batch) == Done()
     assert mics.read_status(200, _execution(total_failure=0), status, batch) == Done()
+
+
+# --- Rally UXR, and what the property tests found -------------------------------------------------------
+
+
+def test_uxr_positions_and_names_of_another_type_never_place_a_failure_on_another_record() -> None:
+    """A negative or boolean position named another record (`people[-1]`, True as 1); a failedRecords
+    name of another type (false, a list) matched nobody, so a COMPLETED import delivered everything; a
+    personCount of another type, or an execution id of null, was read as fine."""
+    from connector.destinations.rally_uxr import RallyUxrActivities
+    from tests.unit.helpers import activity
+
+    uxr = RallyUxrActivities({})
+    batch = [record(activity(p), i) for i, p in enumerate(("p0", "p1"))]
+    request = uxr.build(batch)
+    for path in (
+        ["peopleActivities", -1],
+        ["peopleActivities", True],
+        ["peopleActivities", 0, "activities", -1],
+    ):
+        answer = {"message": "ok", "importId": "i", "errors": [{"message": "x", "path": path}]}
+        assert not isinstance(uxr.read_success(202, orjson.dumps(answer), request, batch), Success), path
+    fewer = {"message": "ok", "importId": "i", "activitiesCount": 1}
+    assert not isinstance(uxr.read_success(202, orjson.dumps(fewer), request, batch), Success)
+    both = {"message": "ok", "importId": "i", "activitiesCount": 2, "peopleCount": 2}
+    assert uxr.read_success(202, orjson.dumps(both), request, batch) == Success(import_id="i")
+
+    status = Request("GET", "/imports/i", b"")
+    for extra in (
+        {"failedRecords": [{"personId": False}]},
+        {"failedRecords": [{"personId": ["p0"]}]},
+        {"personCount": ""},
+        {"personCount": 1},  # one person imported of the two not named failed
+    ):
+        body = orjson.dumps({"importId": "i", "status": "COMPLETED", **extra})
+        reading = uxr.read_status(200, body, status, batch)
+        assert isinstance(reading, Done) and sorted(reading.failed) == [0, 1], extra
+    body = orjson.dumps({"importId": "i", "status": "COMPLETED", "personCount": 2, "failedRecords": None})
+    assert uxr.read_status(200, body, status, batch) == Done()
+
+    mics = MediarithmicsUserActivities({"datamart_id": 1})
+    mics.read_setup(200, b'{"data": {"id": "imp"}}', mics.setup() or Request("POST", "/", b""))
+    rows = [record({"ts": 1, "type": "TOUCH", "events": []}, 0)]
+    ids: list[object] = [None, True, [], 1.5, ""]
+    for execution_id in ids:
+        created = orjson.dumps({"status": "ok", "data": {"id": execution_id, "status": "PENDING"}})
+        assert not isinstance(mics.read_success(200, created, mics.build(rows), rows), Success), execution_id
