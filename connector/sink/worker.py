@@ -108,6 +108,7 @@ class SinkWorker:
         self._reshare_failures = 0  # lookups failed in a row: each waits longer before the next
         self._resume_due: set[tuple[str, int]] = set()  # assigned since: resumed unless intake is stopped
         self._commit_started: float | None = None  # when the commit in flight was started
+        self._thread_commit: asyncio.Future[list[TopicPartition]] | None = None  # made while holding
         self._last_commit = 0.0
         self._closing = False
         metrics.kafka_connected.set(1)
@@ -168,6 +169,9 @@ class SinkWorker:
         """
         if sync:
             points = self.offsets.unacknowledged()
+        elif self._holding():
+            self._commit_in_thread(now)
+            return
         else:
             started = self._commit_started
             if started is not None:
@@ -203,6 +207,45 @@ class SinkWorker:
             log.warning("%s: commit failed: %s", self.name, exc)
             for tp in offsets:
                 self.offsets.commit_failed((tp.topic, tp.partition), tp.offset)
+
+    def _commit_in_thread(self, now: float) -> None:
+        """While intake holds, consume() is not called, and librdkafka hands over the answers of
+        asynchronous commits only inside it: the commit in flight stayed unanswered for the whole hold
+        (up to HOLD_BEFORE_PAUSE), nothing newer was committed, and a crash then repeated all that had
+        settled meanwhile. So a commit is made synchronously in a thread, one at a time."""
+        if self._thread_commit is not None or now - self._last_commit < COMMIT_MIN_INTERVAL:
+            return
+        points = self.offsets.to_commit()
+        if not points:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in points.items()]
+        self._last_commit = now
+        consumer = self.consumer
+
+        def commit() -> list[TopicPartition]:
+            return consumer.commit(offsets=offsets, asynchronous=False) or offsets
+
+        done = self._thread_commit = asyncio.ensure_future(asyncio.to_thread(commit))
+        done.add_done_callback(lambda future: self._committed_in_thread(future, offsets))
+
+    def _committed_in_thread(
+        self, future: asyncio.Future[list[TopicPartition]], offsets: list[TopicPartition]
+    ) -> None:
+        self._thread_commit = None
+        try:
+            answered = future.result()
+        except (KafkaException, RuntimeError) as exc:
+            self.m.commit("failed")
+            log.warning("%s: commit failed: %s", self.name, exc)
+            for tp in offsets:
+                self.offsets.commit_failed((tp.topic, tp.partition), tp.offset)
+            return
+        for tp in answered:
+            if tp.error is None:
+                self.offsets.commit_done((tp.topic, tp.partition), tp.offset)
+            else:
+                self.offsets.commit_failed((tp.topic, tp.partition), tp.offset)
+        self.m.commit("success" if all(tp.error is None for tp in answered) else "failed")
 
     def on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         if self._closing:
@@ -400,6 +443,8 @@ class SinkWorker:
     async def _shutdown(self) -> None:
         deadline = self._clock() + self.shutdown_timeout
         await self.task.stop(deadline, self._clock)
+        if self._thread_commit is not None:  # before the commit below, and before close()
+            await asyncio.wait([self._thread_commit], timeout=max(1.0, deadline - self._clock()))
         self.dead_letters.flush(max(1.0, deadline - self._clock()))
         self.commit(self._clock(), sync=True)
         self._update_gauges()

@@ -605,3 +605,27 @@ def test_empty_records_waiting_for_their_dead_letters_stop_intake_too() -> None:
     assert held == consumed and consumed < bound // RECORD_COST + 1000, consumed
     assert metrics.value("records_consumed_total", {"sink": "s", "topic": TOPIC}) == consumed
     assert last_commit(consumer).get((TOPIC, 0), 0) == 0  # nothing acknowledged, nothing committed
+
+
+def test_commits_go_on_and_are_answered_while_intake_holds() -> None:
+    """librdkafka answers asynchronous commits only inside consume(), which is not called while intake
+    holds: the commit in flight stayed unanswered for the whole hold and nothing newer was committed (a
+    SIGKILL then repeated 2,800 records where 800 were in flight)."""
+    worker, consumer, _, metrics, _ = build()
+    tp = (TOPIC, 0)
+    worker.offsets.assign(tp)
+    worker._holding = lambda: True  # type: ignore[method-assign]
+
+    async def go() -> None:
+        for offset in range(3):
+            worker.offsets.track(tp, offset)
+            worker.offsets.settle(tp, worker.offsets.epoch(tp), offset)
+            worker.commit(100.0 + offset)
+            while worker._thread_commit is not None:  # noqa: ASYNC110
+                await asyncio.sleep(0.001)
+
+    asyncio.run(go())
+    assert consumer.commits == [({tp: 1}, False), ({tp: 2}, False), ({tp: 3}, False)]
+    state = worker.offsets.state(tp)
+    assert state is not None and state.acked == 3  # answered, with no consume() call
+    assert metrics.value("commits_total", {"sink": "s", "outcome": "success"}) == 3
