@@ -34,7 +34,8 @@ from confluent_kafka import (
 )
 
 from connector.config import Settings, SinkSettings
-from connector.errors import ConfigError, FatalError
+from connector.errors import ConfigError
+from connector.errors import ReplayError as ReplayError
 from connector.kafka import CLIENT_DEFAULTS, CONSUMER_ONLY, KAFKA_LOGGING, consumer_config
 from connector.records import REASONS
 from connector.units import parse_duration
@@ -46,10 +47,6 @@ MAX_OPEN = 10.0  # seconds a transaction stays open at most (Kafka aborts it pas
 STALL_TIMEOUT = 120.0  # seconds without a record from a partition not read to its end: the run fails
 REPLAYED = "__activity.replayed"
 _ERROR_PREFIXES = ("__connect.errors.", "__activity.error.")
-
-
-class ReplayError(FatalError):
-    """The replay cannot go on (Kafka refuses, the topic is unreadable); what it committed stands."""
 
 
 @dataclass

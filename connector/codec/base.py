@@ -5,19 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from connector.errors import ConnectorError
-
-
-class DecodeError(ConnectorError):
-    """A record's bytes could not be decoded; it is dead-lettered with reason `decode_error`."""
-
-
-class SchemaPending(Exception):
-    """The record's writer schema is not known yet: it is being fetched; the record waits for it."""
-
-    def __init__(self, schema_id: int) -> None:
-        super().__init__(f"schema id {schema_id} is being fetched")
-        self.schema_id = schema_id
+from connector.errors import DecodeError as DecodeError
+from connector.errors import SchemaPending as SchemaPending
 
 
 class Decoder(Protocol):

@@ -24,12 +24,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from connector.errors import ConfigError
+from connector.errors import MappingError as MappingError
 
 Mapper = Callable[[dict[str, Any]], dict[str, Any]]
-
-
-class MappingError(ValueError):
-    """A record the mapping cannot build a destination record from; its message names the field."""
 
 
 _MISSING = object()

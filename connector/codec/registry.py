@@ -18,19 +18,13 @@ from urllib.parse import quote, urlsplit
 import httpx
 import orjson
 
-from connector.errors import FatalError, RegistryError
+from connector.errors import RegistryAuthError as RegistryAuthError
+from connector.errors import RegistryError
+from connector.errors import SchemaNotFound as SchemaNotFound
 from connector.redact import register
 
 MAX_REFERENCES = 64  # schemas one writer schema may pull in through references, at most
 NOT_FOUND_CODES = (40401, 40402, 40403)  # subject, version, schema not found (Confluent's error codes)
-
-
-class SchemaNotFound(LookupError):
-    """The registry does not know this schema id."""
-
-
-class RegistryAuthError(FatalError):
-    """The registry refuses our credentials."""
 
 
 class SchemaRegistry:

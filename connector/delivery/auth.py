@@ -17,18 +17,14 @@ from dataclasses import dataclass, field
 import httpx
 
 from connector.config import AuthSettings
-from connector.errors import ConfigError, ConnectorError, DestinationAuthError
+from connector.errors import ConfigError, DestinationAuthError
+from connector.errors import TokenEndpointError as TokenEndpointError
 from connector.redact import SECRETS
 
 # Seconds a token is used at least, whatever `expires_in` says (0 or less would fetch one per request);
 # a token revoked sooner is answered 401, and fetched anew then.
 MIN_TOKEN_REUSE = 30.0
 DEFAULT_LIFETIME = 3600.0
-
-
-class TokenEndpointError(httpx.TransportError, ConnectorError):
-    """The token endpoint failed in a way worth retrying (5xx, no answer). An httpx transport error, so
-    the send stack retries the request as it would one that got no answer."""
 
 
 class OAuth2ClientCredentials(httpx.Auth):

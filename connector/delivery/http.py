@@ -20,14 +20,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 import aiohttp
 import httpx
 
 from connector.delivery.auth import OAuth2ClientCredentials, TokenEndpointError
+from connector.errors import NoAnswer as NoAnswer
+from connector.errors import NoAnswerWhy as NoAnswerWhy
 
-NoAnswerWhy = Literal["connection", "timeout", "unreadable_answer"]
 USER_AGENT = "activity-connector"
 MIN_RATE = 64 * 1024  # bytes/s below which a transfer counts as stalled (see `deadline`)
 ANSWER_ALLOWANCE = 16 * 1024 * 1024  # bytes an answer of unknown length is given time for
@@ -48,14 +49,6 @@ def join(base: str, path: str) -> str:
     if not path:
         return base
     return base.rstrip("/") + "/" + path.lstrip("/")
-
-
-class NoAnswer(Exception):
-    """The request got no usable answer: `why` is connection, timeout or unreadable_answer."""
-
-    def __init__(self, why: NoAnswerWhy, detail: str = "") -> None:
-        super().__init__(f"{why}: {detail}" if detail else why)
-        self.why: NoAnswerWhy = why
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,17 +20,14 @@ from connector.delivery.auth import Credentials
 from connector.delivery.plan import Policy, Unanswered, after_request
 from connector.delivery.ratelimit import RateLimiter
 from connector.delivery.retry import RETRY_STATUSES, STOP_STATUSES, Backoff, retry_after
-from connector.errors import ConnectorError, DestinationAuthError
+from connector.errors import DestinationAuthError
+from connector.errors import RequestFailed as RequestFailed
 from connector.metrics import SourceMetrics
 from connector.redact import redact
 
 log = logging.getLogger(__name__)
 
 MAX_LINE = 16 * 1024 * 1024  # bytes: a longer line is cut here (and dead-lettered), never held whole
-
-
-class RequestFailed(ConnectorError):
-    """A request got no usable answer within its attempts; the source retries its window later."""
 
 
 class ApiClient:

@@ -18,6 +18,8 @@ import orjson
 
 from connector.codec import DecodeError
 from connector.codec.json import JsonDecoder
+from connector.errors import BadLine as BadLine
+from connector.errors import ExportAnswerError as ExportAnswerError
 from connector.sources.cursor import Window, day_of, epoch_ms
 
 JOBS = "/pull/v1/export/activities/jobs"
@@ -28,10 +30,6 @@ ACTIVE_STATES = frozenset({"Queued", "Running"})
 TERMINAL_STATES = frozenset({"Completed", "Canceled", "Failed"})
 JOB_STATES = ("Queued", "Running", "Completed", "Canceled", "Failed")
 SECONDS_PER_20MB = 60.0  # the documented download timeout
-
-
-class ExportAnswerError(ValueError):
-    """An answer of a shape the source does not know; the request is treated as failed and retried."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,10 +111,6 @@ class Activity:
     ingested: str  # its ingest_timestamp, comparable as a string ("" when absent)
     ingest_day: str | None  # the UTC day it was processed on
     activity_day: str | None  # the UTC day of its `timestamp`
-
-
-class BadLine(ValueError):
-    """A line that is not a JSON object with a string uid: dead-lettered (decode_error)."""
 
 
 _JSON = JsonDecoder()

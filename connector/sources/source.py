@@ -28,7 +28,9 @@ from confluent_kafka import KafkaException, Producer
 from connector.config import SourceSettings
 from connector.delivery.auth import credentials
 from connector.delivery.retry import Backoff
-from connector.errors import ConnectorError, FatalError, StartupError
+from connector.errors import FatalError, StartupError
+from connector.errors import JobFailed as JobFailed
+from connector.errors import Stopped as Stopped
 from connector.kafka import CLIENT_DEFAULTS, CONSUMER_ONLY, KAFKA_LOGGING
 from connector.metrics import Metrics
 from connector.redact import redact, register
@@ -46,14 +48,6 @@ MAX_POLLS = 2_000  # a job that is not done after this many polls (≥ 16 hours)
 MAX_VALUE = 1_000_000 - 16_384  # bytes of a record value: under Kafka's default message limit, headers aside
 COMMIT_ATTEMPTS = 5
 TRANSACTION_TIMEOUT_MS = 900_000  # the broker's default upper bound; a window must commit within it
-
-
-class JobFailed(ConnectorError):
-    """The export job ended Failed or Canceled (or never ended); the window is tried again later."""
-
-
-class Stopped(Exception):
-    """The process is stopping: the window in progress is abandoned (its transaction aborted)."""
 
 
 class JobSlots:
