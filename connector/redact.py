@@ -2,8 +2,8 @@
 
 One registry per process (`SECRETS`) holds every configured secret (credentials, http.bulk's header
 values, registry passwords, secret files) for the life of the process, and the access tokens it was
-issued, of which the newest KEEP_TOKENS are kept: a token older than that has long expired. Nothing else
-keeps a list of secrets, so nothing can trim one away.
+issued, of which the newest KEEP_TOKENS of each issuer are kept: a token older than that has long
+expired. Nothing else keeps a list of secrets, so nothing can trim one away.
 
 A secret is masked in every form an answer or a library may echo it in: as it is, JSON-escaped,
 percent-encoded, base64 (standard and URL-safe, at any alignment inside a longer base64 text) and hex.
@@ -68,7 +68,8 @@ class Secrets:
     def __init__(self) -> None:
         self._lock = threading.Lock()  # librdkafka's callbacks log from its own threads
         self._configured: dict[str, None] = {}  # never removed
-        self._tokens: deque[str] = deque(maxlen=KEEP_TOKENS)
+        # Per issuer (one OAuth2 flow): one flow refreshing often must not age out another's live token.
+        self._tokens: dict[str, deque[str]] = {}
         self._bytes: tuple[bytes, ...] = ()
         self._text: tuple[str, ...] = ()
 
@@ -79,19 +80,20 @@ class Secrets:
                 self._configured[secret] = None
                 self._rebuild()
 
-    def add_token(self, token: str) -> None:
-        """An issued access token; the oldest ages out past KEEP_TOKENS."""
-        if len(token) >= MIN_SECRET and token not in self._tokens:
-            with self._lock:
-                self._tokens.append(token)
-                self._rebuild()
+    def add_token(self, token: str, issuer: str = "") -> None:
+        """An access token `issuer` (one OAuth2 flow) was issued; its oldest ages out past KEEP_TOKENS."""
+        if len(token) < MIN_SECRET or token in self:
+            return
+        with self._lock:
+            self._tokens.setdefault(issuer, deque(maxlen=KEEP_TOKENS)).append(token)
+            self._rebuild()
 
     def __contains__(self, secret: object) -> bool:
-        return secret in self._configured or secret in self._tokens
+        return secret in self._configured or any(secret in t for t in self._tokens.values())
 
     def _rebuild(self) -> None:
         every: set[bytes] = set()
-        for secret in [*self._configured, *self._tokens]:
+        for secret in [*self._configured, *(t for tokens in self._tokens.values() for t in tokens)]:
             every |= forms(secret)
         # Longest first: a form that contains another is masked whole.
         ordered = sorted(every, key=len, reverse=True)

@@ -36,6 +36,7 @@ class OAuth2ClientCredentials(httpx.Auth):
         scope: str = "",
     ) -> None:
         self._url = token_url
+        self._issuer = f"{id(self)}"  # this flow: its tokens age out only as it fetches new ones
         SECRETS.add(client_secret)
         self._form = {
             "grant_type": "client_credentials",
@@ -84,7 +85,7 @@ class OAuth2ClientCredentials(httpx.Auth):
                 lifetime = float(data.get("expires_in", DEFAULT_LIFETIME))
             except (ValueError, KeyError, TypeError, OverflowError):
                 raise TokenEndpointError("token endpoint answered without an access_token") from None
-            SECRETS.add_token(token)  # an API may echo it back
+            SECRETS.add_token(token, self._issuer)  # an API may echo it back
             self._token = token
             if not math.isfinite(lifetime):
                 lifetime = DEFAULT_LIFETIME

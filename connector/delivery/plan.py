@@ -16,10 +16,12 @@ The rules, in one place:
 - No answer, 502/503/504: the signs of an outage. OUTAGE_AFTER of them in a row across the sink's lanes
   mean the API is down: one part (the prober) retries every PROBE_INTERVAL without using attempts, and a
   probe of several records sends half of them, so a batch that fails while its halves succeed shows that
-  the API is up. A part whose failures come while the API answers other requests (an answer came
-  between two of its failures) is isolated: its failures are its own and never count towards an outage;
-  it is halved until the records it fails on are alone, and those end as retries_exhausted after
-  max_attempts. A real outage, in which nothing answers, still dead-letters nothing.
+  the API is up. A part that fails again after the API answered another request is halved (after a
+  backoff, no attempt used) until the records it fails on are alone; a record alone that fails so is
+  isolated: its failures are its own, they use attempts and never count towards an outage, so it ends
+  as retries_exhausted after max_attempts. A real outage, in which nothing answers, dead-letters
+  nothing (an isolated record still waits while other parts show the API is down; alone in its lane, it
+  is the one case where an outage beginning after its neighbours were answered uses its attempts).
 - Any other retryable answer uses an attempt; spent attempts end in retries_exhausted (or `fatal` under
   `on_error: fail`).
 """
@@ -64,7 +66,9 @@ class Part:
     # The sink's count of API answers at this part's last outage-like failure: an answer since then
     # means the API is up while this part fails.
     failed_at: int | None = None
-    isolated: bool = False  # its failures are its own: they use attempts, and never mean an outage
+    # A record alone that failed while its neighbours were answered: its failures are its own (they use
+    # attempts, and never mean an outage), unless other parts show the API is down.
+    isolated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,10 +156,9 @@ def _exhausted(part: Part, indices: tuple[int, ...], last: str, attempts: int, p
 def _halves(part: Part, attempts: int) -> tuple[Part, Part]:
     middle = len(part.records) // 2
     records = part.records
-    keep = {"failed_at": part.failed_at, "isolated": part.isolated}
     return (
-        Part(records[:middle], attempts, **keep),  # type: ignore[arg-type]
-        Part(records[middle:], attempts, **keep),  # type: ignore[arg-type]
+        Part(records[:middle], attempts, failed_at=part.failed_at),
+        Part(records[middle:], attempts, failed_at=part.failed_at),
     )
 
 
@@ -202,6 +205,10 @@ def after_answer(
             tracked=decision.import_id is not None and bool(delivered),
         )
     if isinstance(decision, Split):
+        if len(part.records) < 2:  # nothing to halve: a refusal of the record alone
+            return Plan(
+                failed=(Failed(every, "rejected", decision.message, attempts),), signal=Signal.ANSWERED
+            )
         return Plan(again=_halves(part, part.attempts), signal=Signal.ANSWERED)
     if isinstance(decision, GiveUp):
         failure = Failed(every, "rejected", decision.message, attempts)
@@ -237,21 +244,29 @@ def _retry(
         return Plan(again=(nxt,))
     if not unavailable(status):  # the API answers: this part's failure is its own
         return _again(part, decision, policy, now, Signal.ANSWERED, None, part.isolated)
-    isolated = part.isolated or (part.failed_at is not None and answers > part.failed_at)
-    if isolated and not outage:
-        if len(part.records) > 1:  # the record it fails on is found by halves, as for a 400
+    # An answer came since this part's previous failure: the API is up while it fails. Decided per
+    # failure, so a blip in an outage costs a part one attempt, not its records.
+    answered_since = part.failed_at is not None and answers > part.failed_at
+    if (part.isolated or answered_since) and not outage:
+        if len(part.records) > 1:
+            # The record it fails on is found by halves, as for a 400, after a backoff. No attempt used.
+            at = now + policy.delay(max(1, part.attempts), None)
             first, second = _halves(part, part.attempts)
-            mark = {"failed_at": answers, "isolated": True}
+            mark = {"failed_at": answers, "not_before": at}
             return Plan(again=(replace(first, **mark), replace(second, **mark)))  # type: ignore[arg-type]
+        # A record that failed while its neighbours were answered: its failures are its own from now on
+        # (they use attempts and never mean an outage), unless other parts show the API is down.
         return _again(part, decision, policy, now, Signal.NONE, answers, True)
     if probing:
         # The API is still down: no attempt used. A probe of several records sends half next time, so
         # that a batch failing on its own shows itself by its halves' answers.
         if len(part.records) > 1:
-            return Plan(again=_halves(part, part.attempts), signal=Signal.UNAVAILABLE)
+            halves = _halves(part, part.attempts)
+            again = tuple(replace(h, failed_at=answers) for h in halves)
+            return Plan(again=again, signal=Signal.UNAVAILABLE)
         nxt = Part(part.records, part.attempts, now, 0, answers, part.isolated)
         return Plan(again=(nxt,), signal=Signal.UNAVAILABLE)
-    return _again(part, decision, policy, now, Signal.UNAVAILABLE, answers, isolated)
+    return _again(part, decision, policy, now, Signal.UNAVAILABLE, answers, part.isolated)
 
 
 def _again(

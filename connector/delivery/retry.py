@@ -79,6 +79,7 @@ class Backoff:
         self._rng = rng or random.Random()
 
     def delay(self, attempt: int, at_least: float | None = None) -> float:
-        ceiling = min(self.maximum, self.initial * (2 ** (attempt - 1)))
+        # The exponent is capped: 2.0 ** 1024 overflows (a daily quota answers 429 for hours).
+        ceiling = min(self.maximum, self.initial * (2.0 ** min(attempt - 1, 60)))
         jittered = self._rng.uniform(0, ceiling)
         return max(jittered, at_least or 0.0)

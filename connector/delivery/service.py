@@ -147,6 +147,9 @@ class DeliveryService:
                 plan = after_setup_failure(
                     part, setup.status, probing=probing, policy=self._policy, now=time.monotonic()
                 )
+                self._m.retry("setup")
+                if plan.failed:
+                    self._m.batch("failed")
                 return self._apply(plan, part, setup, result)
             try:
                 request = self.destination.build(records)

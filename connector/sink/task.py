@@ -359,15 +359,18 @@ class SinkTask:
         pending = self.dead_letters.pending if self.dead_letters is not None else 0
         return not self._tasks and pending == 0 and not self.imports and self.buffered()[0] == 0
 
-    def send_open_batches(self, at_least: int) -> None:
+    def send_open_batches(self, at_least: int, record_cost: int = 0) -> None:
         """The buffer is full, and open batches hold at least `at_least` bytes of it (records spread over
         lanes such that none reaches max_records within the bound): close them now, rather than let
         intake wait out max_wait with nothing to send. Never while a lane has a batch in flight or waiting
         (those drain the buffer: closing more would only make smaller requests), nor when what fills the
-        buffer is something else (dead letters not acknowledged yet, records waiting for a schema)."""
+        buffer is something else (dead letters not acknowledged yet, records waiting for a schema).
+        Bytes count as for the bound: each record `record_cost` more."""
         if any(lane.inflight is not None or lane.ready for lane in self.lanes):
             return
-        open_bytes = sum(lane.batcher.open_batch.nbytes for lane in self.lanes if lane.batcher.open_batch)
+        open_bytes = sum(
+            b.nbytes + len(b.items) * record_cost for lane in self.lanes if (b := lane.batcher.open_batch)
+        )
         if open_bytes >= at_least:
             self.flush()
 

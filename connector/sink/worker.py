@@ -393,8 +393,8 @@ class SinkWorker:
         records, nbytes = self.task.sending()
         following_records, following = self.task.following()
         held = self.task.service.rate_limiter.held()
-        if nbytes >= bp.max_bytes:
-            self.task.send_open_batches(bp.max_bytes * 3 // 4)  # they fill most of it
+        if nbytes + records * bp.record_cost >= bp.max_bytes:  # counted as the bound counts
+            self.task.send_open_batches(bp.max_bytes * 3 // 4, bp.record_cost)  # they fill most of it
         bp.update(records, nbytes, held, following, following_records)
         # Records waiting for a writer schema stop intake only while they wait (a fetch is quick).
         stopped = bp.paused or self.task.input_held()
@@ -445,6 +445,14 @@ class SinkWorker:
         await self.task.stop(deadline, self._clock)
         if self._thread_commit is not None:  # before the commit below, and before close()
             await asyncio.wait([self._thread_commit], timeout=max(1.0, deadline - self._clock()))
+            if self._thread_commit is not None:
+                # Still inside commit(): closing the client under it is not safe. What it commits stands;
+                # what it does not is read again by the partitions' next owner.
+                log.warning("%s: a commit did not end by the shutdown deadline; not closing", self.name)
+                self._update_gauges()
+                if self._on_close is not None:
+                    await self._on_close()
+                return
         self.dead_letters.flush(max(1.0, deadline - self._clock()))
         self.commit(self._clock(), sync=True)
         self._update_gauges()

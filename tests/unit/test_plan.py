@@ -85,19 +85,29 @@ def test_failures_while_the_api_answers_others_are_the_parts_own() -> None:
     first = _plan(_part(2), RetryAfter("502"), 502, answers=5)
     [again] = first.again
     assert first.signal is Signal.UNAVAILABLE and again.failed_at == 5 and not again.isolated
-    # Another request was answered since: this part's next failure is its own, and uses an attempt
-    # even when it is the probe (the outage was never real for it).
+    # Another request was answered since: the part is halved (after a backoff, no attempt used) to find
+    # the record it fails on; its failure is no sign of an outage.
     second = _plan(again, RetryAfter("502"), 502, answers=6)
-    assert second.signal is Signal.NONE and [(len(p.records), p.isolated) for p in second.again] == [
-        (1, True),
-        (1, True),
+    assert second.signal is Signal.NONE
+    assert [(len(p.records), p.attempts, p.failed_at, p.isolated) for p in second.again] == [
+        (1, 1, 6, False),
+        (1, 1, 6, False),
     ]
-    [isolated] = _plan(second.again[0], RetryAfter("502"), 502, answers=6).again
+    assert all(p.not_before > 100.0 for p in second.again)
+    # A half failing with nothing answered since: an ordinary failure (a sign of an outage) ...
+    assert _plan(second.again[0], RetryAfter("502"), 502, answers=6).signal is Signal.UNAVAILABLE
+    # ... and a record alone failing after its neighbour was answered is isolated for good.
+    [isolated] = _plan(second.again[0], RetryAfter("502"), 502, answers=7).again
     assert isolated.isolated and isolated.attempts == 2
-    third = _plan(isolated, RetryAfter("502"), 502, answers=6)
-    assert [f.reason for f in third.failed] == ["retries_exhausted"]
-    # While others say the API is down, an isolated part's probe waits like any other.
-    assert not _plan(isolated, RetryAfter("502"), 502, answers=6, probing=True, outage=True).failed
+    third = _plan(isolated, RetryAfter("502"), 502, answers=7)
+    assert third.signal is Signal.NONE and [f.reason for f in third.failed] == ["retries_exhausted"]
+    # While others say the API is down, an isolated record's probe waits like any other.
+    assert not _plan(isolated, RetryAfter("502"), 502, answers=7, probing=True, outage=True).failed
+
+
+def test_a_split_of_one_record_is_its_refusal() -> None:
+    [failed] = _plan(_part(1), Split("bad"), 400).failed
+    assert failed.reason == "rejected" and failed.indices == (0,)
 
 
 def test_a_failed_setup_request() -> None:
@@ -215,11 +225,11 @@ def test_a_batch_the_api_always_fails_alone_in_flight_ends_as_retries_exhausted(
         return httpx.Response(502 if any(x["poison"] for x in lines) else 200)
 
     started = time.monotonic()
-    result, sizes = _deliver(api, 8, attempts=4, seconds=20)
+    result, sizes = _deliver(api, 8, attempts=10, seconds=20)
     assert result is not None, f"never ended: {len(sizes)} requests"
     assert sorted(r.offset for r in result.delivered) == [0, 1, 2, 3, 4, 6, 7]
     assert [(r.offset, f.reason) for r, f in result.failed] == [(5, "retries_exhausted")]
-    assert len(sizes) < 40 and time.monotonic() - started < 10
+    assert len(sizes) < 60 and time.monotonic() - started < 10
 
 
 def test_a_real_outage_dead_letters_nothing_and_probes_spaced(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -228,3 +238,88 @@ def test_a_real_outage_dead_letters_nothing_and_probes_spaced(monkeypatch: pytes
     assert result is None  # still waiting for the API: nothing dead-lettered
     # Three failures, then one probe each interval (halving to one record): not a storm.
     assert 3 < len(sizes) <= 3 + 1.0 / 0.05 + 2 and sizes[:3] == [8, 8, 8]
+
+
+def test_a_blip_in_an_outage_dead_letters_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review: a part isolated for good by one answer between two of its failures was halved to single
+    records during the outage that followed, each dead-lettered after max_attempts (12 of 16)."""
+    monkeypatch.setattr(service_module, "PROBE_INTERVAL", 0.01)
+    calls: list[float] = []
+    blip: list[float] = []
+
+    def api(request: httpx.Request) -> httpx.Response:
+        calls.append(time.monotonic())
+        if len(calls) == 5:  # one answer in the middle of the outage
+            blip.append(time.monotonic())
+            return httpx.Response(200)
+        if blip and time.monotonic() - blip[0] > 1.0:
+            return httpx.Response(200)  # back for good a second later
+        return httpx.Response(503)
+
+    result, _ = _deliver(api, 16, attempts=10, seconds=20)
+    assert result is not None and result.failed == []
+    assert sorted(r.offset for r in result.delivered) == list(range(16))
+
+
+def test_two_lanes_one_answered_then_an_outage_dead_letter_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review: lane A failed, lane B was answered, then the API was down for a while: A's part was
+    isolated, its failures never counted towards an outage, and 31 of 32 records were dead-lettered."""
+    monkeypatch.setattr(service_module, "PROBE_INTERVAL", 0.01)
+    down: list[float] = []
+
+    def api(request: httpx.Request) -> httpx.Response:
+        if b"other" in request.content and not down:
+            down.append(time.monotonic())
+            return httpx.Response(200)
+        if down and time.monotonic() - down[0] > 1.0:
+            return httpx.Response(200)
+        return httpx.Response(503)
+
+    async def go() -> BatchResult:
+        transport = httpx.MockTransport(api)
+        async with httpx.AsyncClient(base_url="http://api", transport=transport) as client:
+            delivery = DeliverySettings(
+                concurrency=2, retry=RetrySettings(max_attempts=10, initial_backoff=0.01, max_backoff=0.02)
+            )
+            service = DeliveryService(
+                HttpBulk({"body": "ndjson"}), HttpxClient(client), delivery, Metrics().sink("s")
+            )
+
+            async def lane_b() -> BatchResult:
+                await asyncio.sleep(0.001)
+                return await service.deliver([record({"other": 1}, 10_000)])
+
+            a, _ = await asyncio.gather(service.deliver([record({"id": i}, i) for i in range(32)]), lane_b())
+            return a
+
+    result = asyncio.run(go())
+    assert result.failed == [] and len(result.delivered) == 32
+
+
+def test_backoff_never_overflows() -> None:
+    """Review: 2 ** (attempt - 1) overflowed a float after 1,025 429s in a row (a daily quota), and the
+    OverflowError stopped the sink."""
+    from connector.delivery.retry import Backoff
+
+    assert 0 <= Backoff(0.5, 60.0).delay(5000) <= 60.0
+
+
+def test_a_batch_given_up_after_its_setup_request_failed_is_counted() -> None:
+    """Review: setup failures went through the plan without the metrics: a batch dead-lettered after its
+    setup request (creating today's mediarithmics import) failed max_attempts times counted nothing."""
+    from connector.destinations.mediarithmics import MediarithmicsUserActivities
+
+    metrics = Metrics()
+
+    async def go() -> BatchResult:
+        transport = httpx.MockTransport(lambda request: httpx.Response(500, text="boom"))
+        async with httpx.AsyncClient(base_url="http://api", transport=transport) as client:
+            delivery = DeliverySettings(retry=RetrySettings(max_attempts=3, initial_backoff=0.001))
+            mics = MediarithmicsUserActivities({"datamart_id": "1"})
+            service = DeliveryService(mics, HttpxClient(client), delivery, metrics.sink("s"))
+            return await service.deliver([record({"id": 1}, 0)])
+
+    result = asyncio.run(go())
+    assert [(f.reason, f.attempts) for _, f in result.failed] == [("retries_exhausted", 3)]
+    assert metrics.value("batches_sent_total", {"sink": "s", "outcome": "failed"}) == 1
+    assert metrics.value("retries_total", {"sink": "s", "reason": "setup"}) == 3

@@ -194,3 +194,20 @@ def test_a_token_is_reused_for_a_floor_of_seconds_whatever_expires_in_says(expir
 
     assert asyncio.run(many()) == {"tok-1-xyzw"} and fetched == 1
     assert MIN_TOKEN_REUSE >= 30 and not math.isnan(flow._refresh_at)
+
+
+def test_one_flows_refreshes_never_age_out_another_flows_live_token() -> None:
+    """Review: issued tokens were kept in one deque of 16 for the process: a sink refreshing every
+    minute pushed another sink's live one-hour token out, and it was no longer masked."""
+    slow = _flow(["slow-sink-live-token-1"])
+    fast = _flow([f"fast-sink-token-{i:03d}-abc" for i in range(40)])
+
+    async def go() -> None:
+        await slow.token()
+        stale = None
+        for _ in range(40):
+            stale = await fast.token(stale=stale)
+
+    asyncio.run(go())
+    assert "slow-sink-live-token-1" in SECRETS
+    assert b"slow-sink-live-token-1" not in mask(b'{"error": "bad token slow-sink-live-token-1"}')

@@ -629,3 +629,17 @@ def test_commits_go_on_and_are_answered_while_intake_holds() -> None:
     state = worker.offsets.state(tp)
     assert state is not None and state.acked == 3  # answered, with no consume() call
     assert metrics.value("commits_total", {"sink": "s", "outcome": "success"}) == 3
+
+
+def test_open_batches_full_by_the_per_record_cost_are_sent_at_once() -> None:
+    """Review: intake stopped on bytes plus the per-record cost, but open batches were closed early only
+    on raw bytes: small records waited out max_wait with nothing in flight."""
+    worker, consumer, _, metrics, _ = build(lanes=2, max_records=50, max_wait=30.0)
+    size = len(message(0).value() or b"")
+    worker.backpressure = Backpressure(30 * (size + RECORD_COST), 1000, RECORD_COST)  # raw: far below
+    consumer.queue = [message(i) for i in range(30)]
+
+    def delivered() -> bool:
+        return metrics.value("records_delivered_total", {"sink": "s"}) == 30
+
+    asyncio.run(run_until(worker, delivered, limit=5.0))
