@@ -13,9 +13,10 @@ HELM_LDFLAGS := -s -w -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION
 	-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=33 \
 	-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=33
 
-$(BIN)/.installed: pyproject.toml
+# The connector, and its test rigs (sandbox/: simulators, broker launcher, demo), a package of their own.
+$(BIN)/.installed: pyproject.toml sandbox/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]' -e ./sandbox
 	touch $@
 
 install: $(BIN)/.installed
@@ -31,8 +32,8 @@ tools: $(TOOLS)/helm-$(HELM_VERSION)
 		&& (service prometheus stop >/dev/null 2>&1 || true); }
 
 lint: install
-	$(BIN)/ruff check connector tests bench
-	$(BIN)/ruff format --check connector tests bench
+	$(BIN)/ruff check connector sandbox tests bench
+	$(BIN)/ruff format --check connector sandbox tests bench
 	$(BIN)/mypy
 
 # Unit tests need no broker; integration tests start a real Apache Kafka broker (jars cached outside the repo).

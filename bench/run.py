@@ -32,13 +32,13 @@ from connector.codec import make_decoder
 from connector.codec.avro import ConfluentAvroDecoder
 from connector.config import parse_settings
 from connector.kafka import fetch_bounds
-from connector.sandbox.control import SandboxClient
-from connector.sandbox.events import Event, avro_events, json_events, produce, uxr_activity
-from connector.sandbox.harness import ConnectorThread
-from connector.sandbox.kafka_broker import broker_from_env, create_topic
-from connector.sandbox.scenarios import rate_limit_efficiency
-from connector.sandbox.schema_registry import SchemaRegistry
-from connector.sandbox.server import SandboxProcess
+from connector_sandbox.control import SandboxClient
+from connector_sandbox.events import Event, avro_events, json_events, produce, uxr_activity
+from connector_sandbox.harness import ConnectorThread
+from connector_sandbox.kafka_broker import broker_from_env, create_topic
+from connector_sandbox.scenarios import rate_limit_efficiency
+from connector_sandbox.schema_registry import SchemaRegistry
+from connector_sandbox.server import SandboxProcess
 
 RECORDS = int(os.environ.get("BENCH_RECORDS", "200000"))
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))

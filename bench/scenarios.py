@@ -17,10 +17,10 @@ import orjson
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
-from connector.sandbox.control import SandboxClient
-from connector.sandbox.events import Event, produce, uxr_activity
-from connector.sandbox.harness import ConnectorProcess, drained
-from connector.sandbox.kafka_broker import create_topic
+from connector_sandbox.control import SandboxClient
+from connector_sandbox.events import Event, produce, uxr_activity
+from connector_sandbox.harness import ConnectorProcess, drained
+from connector_sandbox.kafka_broker import create_topic
 
 BULK = "http.bulk"
 

@@ -100,6 +100,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sandbox_missing(exc: ModuleNotFoundError) -> int:
+    """`demo` and `sandbox` need the test rigs, a package of their own that the image does not carry."""
+    if exc.name is None or not exc.name.startswith("connector_sandbox"):
+        raise exc
+    print(
+        "usage error: `demo` and `sandbox` need the activity-connector-sandbox package, which is not "
+        "installed (from the repository: pip install ./sandbox; make demo installs it)",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level: str | None = getattr(args, "log_level", None)
@@ -117,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
 
             return check(args.config, args.connect)
         elif args.command == "demo":
-            from connector.demo import run_demo
-
+            try:
+                from connector_sandbox.demo import run_demo
+            except ModuleNotFoundError as exc:
+                return _sandbox_missing(exc)
             return run_demo(args.records)
         elif args.command == "dlq":
             from connector.config import load_settings
@@ -140,8 +154,10 @@ def main(argv: list[str] | None = None) -> int:
                 rate=args.rate,
             )
         elif args.command == "sandbox":
-            from connector.sandbox.server import run_sandbox
-
+            try:
+                from connector_sandbox.server import run_sandbox
+            except ModuleNotFoundError as exc:
+                return _sandbox_missing(exc)
             run_sandbox(args.host, args.port)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)

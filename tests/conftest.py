@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from connector.sandbox.control import SandboxClient
-from connector.sandbox.kafka_broker import broker_from_env
-from connector.sandbox.schema_registry import SchemaRegistry
-from connector.sandbox.server import SandboxProcess
+from connector_sandbox.control import SandboxClient
+from connector_sandbox.kafka_broker import broker_from_env
+from connector_sandbox.schema_registry import SchemaRegistry
+from connector_sandbox.server import SandboxProcess
 
 
 @pytest.fixture(scope="session")

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from connector.sandbox.control import SandboxClient
-from connector.sandbox.events import json_events, produce, uxr_activity
-from connector.sandbox.harness import ConnectorProcess, drained
-from connector.sandbox.kafka_broker import committed_offsets, create_topic, end_offsets
+from connector_sandbox.control import SandboxClient
+from connector_sandbox.events import json_events, produce, uxr_activity
+from connector_sandbox.harness import ConnectorProcess, drained
+from connector_sandbox.kafka_broker import committed_offsets, create_topic, end_offsets
 from tests.integration.support import API, figure, uxr_config
 
 pytestmark = pytest.mark.integration

@@ -11,10 +11,10 @@ from typing import Any
 import orjson
 import pytest
 
-from connector.sandbox.control import SandboxClient
-from connector.sandbox.events import Event, crm_activity, mics_activity, produce, uxr_activity, uxr_person
-from connector.sandbox.harness import ConnectorThread
-from connector.sandbox.kafka_broker import committed_offsets, create_topic, end_offsets
+from connector_sandbox.control import SandboxClient
+from connector_sandbox.events import Event, crm_activity, mics_activity, produce, uxr_activity, uxr_person
+from connector_sandbox.harness import ConnectorThread
+from connector_sandbox.kafka_broker import committed_offsets, create_topic, end_offsets
 from tests.integration.support import destination, figure, headers_of, read_topic, settings_of, sink
 
 pytestmark = pytest.mark.integration

@@ -17,10 +17,10 @@ import pytest
 import yaml
 from confluent_kafka import Producer
 
-from connector.sandbox.control import SandboxClient
-from connector.sandbox.events import Event, produce
-from connector.sandbox.harness import ConnectorThread, drained
-from connector.sandbox.kafka_broker import committed_offsets, create_topic, end_offsets
+from connector_sandbox.control import SandboxClient
+from connector_sandbox.events import Event, produce
+from connector_sandbox.harness import ConnectorThread, drained
+from connector_sandbox.kafka_broker import committed_offsets, create_topic, end_offsets
 from tests.integration.support import destination, figure, headers_of, read_topic, settings_of, sink
 from tests.integration.test_peopleai_source import read_committed
 

@@ -16,11 +16,11 @@ import httpx
 import orjson
 import pytest
 
-from connector.sandbox.control import SandboxClient
-from connector.sandbox.events import json_events, produce, uxr_activity
-from connector.sandbox.harness import ConnectorProcess, ConnectorThread, drained
-from connector.sandbox.kafka_broker import KafkaBroker, committed_offsets, create_topic, end_offsets
-from connector.sandbox.scenarios import status_poll_share
+from connector_sandbox.control import SandboxClient
+from connector_sandbox.events import json_events, produce, uxr_activity
+from connector_sandbox.harness import ConnectorProcess, ConnectorThread, drained
+from connector_sandbox.kafka_broker import KafkaBroker, committed_offsets, create_topic, end_offsets
+from connector_sandbox.scenarios import status_poll_share
 from tests.integration.support import API, figure, headers_of, read_topic, uxr_config, uxr_settings
 
 pytestmark = pytest.mark.integration

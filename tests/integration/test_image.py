@@ -25,7 +25,7 @@ import httpx
 import pytest
 import yaml
 
-from connector.sandbox.kafka_broker import create_topic
+from connector_sandbox.kafka_broker import create_topic
 from tests.integration.support import destination, figure, sink
 
 pytestmark = pytest.mark.integration
@@ -169,6 +169,14 @@ def test_image_steps_build_install_and_start_as_non_root(
         [*as_user, *entry, "--version"], cwd=unwritable, env=env, capture_output=True, text=True
     )
     assert version.returncode == 0 and version.stdout.startswith("activity-connector "), version.stderr
+    # The image carries no test rig: no simulator, broker launcher, harness or demo.
+    [site] = host("/opt/venv").glob("lib/python*/site-packages")
+    shipped = sorted(str(p.relative_to(site)) for p in site.glob("connector*/**/*.py"))
+    assert shipped and not [p for p in shipped if "sandbox" in p or "demo" in p or "kafka_broker" in p]
+    demo = subprocess.run(
+        [*as_user, *entry, "demo"], cwd=unwritable, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert demo.returncode == 2 and "activity-connector-sandbox package" in demo.stderr, demo.stderr
 
     topic = f"it.image.{uuid.uuid4().hex[:8]}"
     create_topic(kafka_bootstrap, topic, 1)

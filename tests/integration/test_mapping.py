@@ -10,10 +10,10 @@ from typing import Any
 import orjson
 import pytest
 
-from connector.sandbox.control import SandboxClient
-from connector.sandbox.events import Event, produce
-from connector.sandbox.harness import ConnectorThread
-from connector.sandbox.kafka_broker import create_topic
+from connector_sandbox.control import SandboxClient
+from connector_sandbox.events import Event, produce
+from connector_sandbox.harness import ConnectorThread
+from connector_sandbox.kafka_broker import create_topic
 from tests.integration.support import destination, figure, headers_of, read_topic, settings_of, sink
 
 pytestmark = pytest.mark.integration

@@ -17,8 +17,8 @@ import orjson
 import pytest
 from confluent_kafka import Message
 
-from connector.sandbox.control import SandboxClient
-from connector.sandbox.harness import ConnectorProcess
+from connector_sandbox.control import SandboxClient
+from connector_sandbox.harness import ConnectorProcess
 from tests.integration.support import figure, headers_of, read_topic
 
 pytestmark = pytest.mark.integration

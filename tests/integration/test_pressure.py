@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from connector.sandbox.control import SandboxClient
-from connector.sandbox.events import json_events, produce, uxr_activity
-from connector.sandbox.harness import ConnectorProcess, ConnectorThread, drained
-from connector.sandbox.kafka_broker import committed_offsets, create_topic
-from connector.sandbox.scenarios import rate_limit_efficiency
+from connector_sandbox.control import SandboxClient
+from connector_sandbox.events import json_events, produce, uxr_activity
+from connector_sandbox.harness import ConnectorProcess, ConnectorThread, drained
+from connector_sandbox.kafka_broker import committed_offsets, create_topic
+from connector_sandbox.scenarios import rate_limit_efficiency
 from tests.integration.support import API, figure, read_topic, uxr_settings
 
 pytestmark = pytest.mark.integration

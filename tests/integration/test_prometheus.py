@@ -19,10 +19,10 @@ import httpx
 import pytest
 import yaml
 
-from connector.sandbox.control import SandboxClient
-from connector.sandbox.events import json_events, produce, uxr_activity
-from connector.sandbox.harness import ConnectorThread
-from connector.sandbox.kafka_broker import create_topic
+from connector_sandbox.control import SandboxClient
+from connector_sandbox.events import json_events, produce, uxr_activity
+from connector_sandbox.harness import ConnectorThread
+from connector_sandbox.kafka_broker import create_topic
 from tests.integration.support import API, destination, figure, settings_of, sink
 
 pytestmark = pytest.mark.integration

@@ -25,11 +25,11 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from connector.codec import load_schema
 from connector.config import parse_settings
-from connector.sandbox.control import SandboxClient
-from connector.sandbox.events import json_events, produce, uxr_activity
-from connector.sandbox.harness import ConnectorThread
-from connector.sandbox.kafka_broker import create_topic
-from connector.sandbox.schema_registry import SchemaRegistry
+from connector_sandbox.control import SandboxClient
+from connector_sandbox.events import json_events, produce, uxr_activity
+from connector_sandbox.harness import ConnectorThread
+from connector_sandbox.kafka_broker import create_topic
+from connector_sandbox.schema_registry import SchemaRegistry
 from tests.integration.support import API, destination, figure, headers_of, read_topic, settings_of, sink
 
 pytestmark = pytest.mark.integration

@@ -20,10 +20,10 @@ from prometheus_client.exposition import generate_latest
 
 from connector.check import check
 from connector.config import parse_settings
-from connector.sandbox.control import SandboxClient
-from connector.sandbox.events import json_events, produce, uxr_activity
-from connector.sandbox.harness import ConnectorThread
-from connector.sandbox.kafka_broker import create_topic
+from connector_sandbox.control import SandboxClient
+from connector_sandbox.events import json_events, produce, uxr_activity
+from connector_sandbox.harness import ConnectorThread
+from connector_sandbox.kafka_broker import create_topic
 from tests.integration.support import API, destination, figure, headers_of, read_topic, sink
 
 pytestmark = pytest.mark.integration

@@ -11,10 +11,10 @@ import httpx
 import orjson
 import pytest
 
-from connector.sandbox.control import SandboxClient
-from connector.sandbox.events import Event, avro_encoder, json_events, produce, uxr_activity
-from connector.sandbox.harness import ConnectorThread
-from connector.sandbox.kafka_broker import committed_offsets, create_topic, end_offsets
+from connector_sandbox.control import SandboxClient
+from connector_sandbox.events import Event, avro_encoder, json_events, produce, uxr_activity
+from connector_sandbox.harness import ConnectorThread
+from connector_sandbox.kafka_broker import committed_offsets, create_topic, end_offsets
 from tests.integration.support import API, headers_of, read_topic, uxr_settings
 
 pytestmark = pytest.mark.integration

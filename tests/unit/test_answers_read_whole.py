@@ -20,7 +20,7 @@ from connector.destinations.rally_crm import RallyCrmActivities
 from connector.metrics import Metrics
 from connector.outcomes import BatchResult
 from connector.records import Record
-from connector.sandbox.events import crm_activity
+from connector_sandbox.events import crm_activity
 from tests.unit.helpers import record
 
 

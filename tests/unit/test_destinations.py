@@ -18,7 +18,7 @@ from connector.destinations.rally_crm import RallyCrmActivities
 from connector.destinations.rally_uxr import RallyUxrPeople
 from connector.errors import ConfigError
 from connector.records import Record
-from connector.sandbox.events import crm_activity, mics_activity, uxr_person
+from connector_sandbox.events import crm_activity, mics_activity, uxr_person
 from tests.unit.helpers import record
 
 UNREADABLE = RetryAfter("unreadable_answer")

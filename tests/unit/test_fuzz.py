@@ -34,7 +34,7 @@ from connector.destinations.base import (
     Success,
 )
 from connector.records import Record
-from connector.sandbox.events import crm_activity, mics_activity, uxr_activity, uxr_person
+from connector_sandbox.events import crm_activity, mics_activity, uxr_activity, uxr_person
 from tests.integration.support import figure
 from tests.unit.helpers import record
 

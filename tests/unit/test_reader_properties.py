@@ -39,7 +39,7 @@ from connector.destinations.mediarithmics import MediarithmicsUserActivities
 from connector.destinations.rally_crm import RallyCrmActivities
 from connector.destinations.rally_uxr import RallyUxrActivities, RallyUxrPeople
 from connector.records import Record
-from connector.sandbox.events import crm_activity, mics_activity, uxr_person
+from connector_sandbox.events import crm_activity, mics_activity, uxr_person
 from tests.unit.helpers import activity, record
 
 EXAMPLES = 300  # examples tried per test

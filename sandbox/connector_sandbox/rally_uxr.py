@@ -25,8 +25,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from connector.sandbox.events import TYPES
-from connector.sandbox.simulator import Simulator
+from connector_sandbox.events import TYPES
+from connector_sandbox.simulator import Simulator
 
 MAX_ACTIVITIES = 1000
 MAX_PEOPLE = 1000

@@ -1,7 +1,7 @@
 """A small client of the sandbox's control endpoints, for tests, the demo and the benchmark.
 
 `api` names a simulator, e.g. `rally_uxr.activities`. Settings are described in
-`connector.sandbox.simulator`; the test triggers of each API in its simulator module.
+`connector_sandbox.simulator`; the test triggers of each API in its simulator module.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from connector.sandbox.simulator import Simulator
+from connector_sandbox.simulator import Simulator
 
 MAX_BODY = 100 * 1000 * 1000
 IDENTIFIERS = ("$user_agent_id", "$user_account_id", "$email_hash")

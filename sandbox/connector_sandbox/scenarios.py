@@ -8,10 +8,10 @@ import uuid
 from typing import Any
 
 from connector.config import parse_settings
-from connector.sandbox.control import SandboxClient
-from connector.sandbox.events import json_events, produce, uxr_activity
-from connector.sandbox.harness import ConnectorThread
-from connector.sandbox.kafka_broker import create_topic
+from connector_sandbox.control import SandboxClient
+from connector_sandbox.events import json_events, produce, uxr_activity
+from connector_sandbox.harness import ConnectorThread
+from connector_sandbox.kafka_broker import create_topic
 
 API = "rally_uxr.activities"
 

@@ -17,7 +17,7 @@ import yaml
 
 from connector.app import App
 from connector.config import Settings
-from connector.sandbox.kafka_broker import committed_offsets, end_offsets
+from connector_sandbox.kafka_broker import committed_offsets, end_offsets
 
 
 def drained(bootstrap: str, group: str, topics: list[str]) -> bool:

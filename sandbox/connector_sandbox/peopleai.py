@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from connector.sandbox.simulator import ISSUER, Simulator
+from connector_sandbox.simulator import ISSUER, Simulator
 
 MAX_RUNNING = 2
 MAX_QUEUED = 10  # running included

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from connector.sandbox.simulator import Simulator
+from connector_sandbox.simulator import Simulator
 
 MAX_ACTIVITIES = 100
 TYPES = frozenset({"note", "task", "call", "meeting"})

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from connector.sandbox.simulator import Simulator
+from connector_sandbox.simulator import Simulator
 
 MAX_RECORDS = 1000
 

@@ -19,11 +19,11 @@ from typing import Any
 import orjson
 
 from connector.config import parse_settings
-from connector.sandbox.control import SandboxClient
-from connector.sandbox.events import Event, crm_activity, mics_activity, produce, uxr_activity, uxr_person
-from connector.sandbox.harness import ConnectorThread
-from connector.sandbox.kafka_broker import broker_from_env, create_topic
-from connector.sandbox.server import SandboxProcess
+from connector_sandbox.control import SandboxClient
+from connector_sandbox.events import Event, crm_activity, mics_activity, produce, uxr_activity, uxr_person
+from connector_sandbox.harness import ConnectorThread
+from connector_sandbox.kafka_broker import broker_from_env, create_topic
+from connector_sandbox.server import SandboxProcess
 
 BEARER = {"type": "bearer", "token": "sandbox-token"}
 

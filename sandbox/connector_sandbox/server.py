@@ -28,12 +28,12 @@ import httpx
 import orjson
 from aiohttp import web
 
-from connector.sandbox.http_bulk import HttpBulkSimulator
-from connector.sandbox.mediarithmics import MediarithmicsSimulator
-from connector.sandbox.peopleai import PeopleAiSimulator
-from connector.sandbox.rally_crm import RallyCrmSimulator
-from connector.sandbox.rally_uxr import RallyUxrPeopleSimulator, RallyUxrSimulator
-from connector.sandbox.simulator import ISSUER, REFUSING, Simulator
+from connector_sandbox.http_bulk import HttpBulkSimulator
+from connector_sandbox.mediarithmics import MediarithmicsSimulator
+from connector_sandbox.peopleai import PeopleAiSimulator
+from connector_sandbox.rally_crm import RallyCrmSimulator
+from connector_sandbox.rally_uxr import RallyUxrPeopleSimulator, RallyUxrSimulator
+from connector_sandbox.simulator import ISSUER, REFUSING, Simulator
 
 # Filled by run_sandbox once it listens: how to stop listening for a while.
 REFUSE: web.AppKey[dict[str, Callable[[float], Awaitable[None]]]] = web.AppKey("refuse")
@@ -195,7 +195,7 @@ class SandboxProcess:
             [
                 sys.executable,
                 "-m",
-                "connector.sandbox.server",
+                "connector_sandbox.server",
                 "--host",
                 "127.0.0.1",
                 "--port",

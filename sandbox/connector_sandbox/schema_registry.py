@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from connector.sandbox.kafka_broker import (
+from connector_sandbox.kafka_broker import (
     DEPENDENCY_PLUGIN,
     BrokerError,
     cache_dir,
