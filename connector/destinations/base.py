@@ -21,13 +21,15 @@ from connector.records import Record
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """One HTTP request made from a batch. `context` is the destination's own note for reading the answer."""
+    """One HTTP request made from a batch. `context` is the destination's own note for reading the answer,
+    of a type the destination defines; typed `object`, so a reader narrows it before use (an `Any` let a
+    reader take any note for its own)."""
 
     method: str
     path: str
     content: bytes
     content_type: str = "application/json"
-    context: Any = None
+    context: object = None
     headers: Mapping[str, str] = field(default_factory=dict)
 
 

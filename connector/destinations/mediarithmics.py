@@ -58,6 +58,13 @@ class ErrorFile:
     failures: int
 
 
+def _id(value: object) -> str:
+    """An id of the API: a string or an integer. Anything else (null, a boolean) names nothing to follow."""
+    if (isinstance(value, str) and value) or type(value) is int:
+        return str(value)
+    raise TypeError(f"id {value!r} is not an id")
+
+
 def _dollar(value: dict[str, Any]) -> dict[str, Any]:
     return {"$" + k: v for k, v in value.items() if v is not None}
 
@@ -133,9 +140,11 @@ class MediarithmicsUserActivities(Destination):
         if not 200 <= status < 300:
             return False
         try:
-            self._import_id = str(orjson.loads(body)["data"]["id"])
+            self._import_id = _id(orjson.loads(body)["data"]["id"])
         except (orjson.JSONDecodeError, KeyError, TypeError):
             return False
+        if not isinstance(request.context, dt.date):
+            raise TypeError("a setup request this destination did not build")
         self._import_day = request.context
         return True
 
@@ -166,10 +175,7 @@ class MediarithmicsUserActivities(Destination):
     def read_success(self, status: int, body: bytes, request: Request, batch: Sequence[Record]) -> Reading:
         try:
             execution = orjson.loads(body)["data"]
-            execution_id = execution["id"]
-            if not (isinstance(execution_id, str) and execution_id) and type(execution_id) is not int:
-                raise TypeError(f"execution id {execution_id!r} is not an id")
-            execution_id = str(execution_id)
+            execution_id = _id(execution["id"])
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             return unreadable(self.type, f"unexpected 2xx answer ({type(exc).__name__}: {exc})")
         return Success(import_id=execution_id)

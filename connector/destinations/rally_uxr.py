@@ -227,7 +227,9 @@ class RallyUxrActivities(_RallyUxrImport):
             answer = orjson.loads(body)
             import_id = _import_id(answer["importId"])
             errors = answer.get("errors") or []
-            people: list[list[int]] = request.context
+            people = request.context  # build()'s note: the batch indices of each person's activities
+            if not isinstance(people, list):
+                raise TypeError("a request this destination did not build")
             rejected: dict[int, str] = {}
             for error in errors:
                 path, message = error["path"], str(error["message"])

@@ -217,3 +217,15 @@ def test_uxr_positions_and_names_of_another_type_never_place_a_failure_on_anothe
     for execution_id in ids:
         created = orjson.dumps({"status": "ok", "data": {"id": execution_id, "status": "PENDING"}})
         assert not isinstance(mics.read_success(200, created, mics.build(rows), rows), Success), execution_id
+
+
+def test_a_document_import_id_that_names_nothing_is_a_failed_setup() -> None:
+    """The setup answer's id was taken as str(...): null became the import "None", and every execution
+    went to /document_imports/None/executions."""
+    mics = MediarithmicsUserActivities({"datamart_id": 1})
+    setup = mics.setup()
+    assert setup is not None
+    ids: list[object] = [None, True, "", [], 1.5]
+    for import_id in ids:
+        assert not mics.read_setup(200, orjson.dumps({"data": {"id": import_id}}), setup), import_id
+    assert mics.read_setup(200, orjson.dumps({"data": {"id": 42}}), setup) and mics.setup() is None
