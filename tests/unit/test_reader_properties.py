@@ -14,10 +14,11 @@ null or of another type), and over junk. For each reader:
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections import Counter
-from collections.abc import Sequence
-from typing import Any, TypeGuard
+from collections.abc import Callable, Sequence
+from typing import Any, TypeGuard, TypeVar, cast
 
 import orjson
 from hypothesis import HealthCheck, given, settings
@@ -40,9 +41,28 @@ from connector.destinations.rally_crm import RallyCrmActivities
 from connector.destinations.rally_uxr import RallyUxrActivities, RallyUxrPeople
 from connector.records import Record
 from connector_sandbox.events import crm_activity, mics_activity, uxr_person
+from tests.integration.support import figure
 from tests.unit.helpers import activity, record
 
 EXAMPLES = 300  # examples tried per test
+TRIED: Counter[str] = Counter()  # generated answers read, per reader: the run's figures
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def counted(reader: str) -> Callable[[F], F]:
+    """Counts each generated answer a test reads (under @given: once per example)."""
+
+    def wrap(test: F) -> F:
+        @functools.wraps(test)
+        def run(*args: Any, **kwargs: Any) -> None:
+            TRIED[reader] += 1
+            test(*args, **kwargs)
+
+        return cast(F, run)
+
+    return wrap
+
+
 SETTINGS = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -328,6 +348,7 @@ def uxr_202_any(draw: st.DrawFn) -> tuple[tuple[str, ...], Any]:
 
 @SETTINGS
 @given(uxr_202_well_formed())
+@counted("Rally UXR activities 202")
 def test_uxr_activities_202_well_formed_is_read_exactly(case: tuple[tuple[str, ...], dict[str, Any]]) -> None:
     """Properties 2 and 4: the activities the errors name are rejected, every other one is delivered, and
     the import is followed by its id."""
@@ -345,6 +366,7 @@ def test_uxr_activities_202_well_formed_is_read_exactly(case: tuple[tuple[str, .
 
 @SETTINGS
 @given(uxr_202_any())
+@counted("Rally UXR activities 202")
 def test_uxr_activities_202_rejects_only_activities_of_the_request(case: tuple[tuple[str, ...], Any]) -> None:
     """Properties 1-3: a Success only when every error path names an activity of the request by its
     position (an integer inside the request; not a negative one counted from the end, not a boolean) and
@@ -379,6 +401,7 @@ def uxr_people_202(draw: st.DrawFn) -> tuple[tuple[str, ...], Any]:
 
 @SETTINGS
 @given(uxr_people_202())
+@counted("Rally UXR people 202")
 def test_uxr_people_202_is_success_only_with_an_import_to_follow(case: tuple[tuple[str, ...], Any]) -> None:
     """Properties 1-4: a Success has the answer's importId (a non-empty string or an integer) and its
     count; a well-formed answer is a Success."""
@@ -440,6 +463,7 @@ def uxr_status_well_formed(draw: st.DrawFn) -> tuple[str, tuple[str, ...], int, 
 
 @SETTINGS
 @given(uxr_status_well_formed())
+@counted("Rally UXR import status")
 def test_uxr_status_well_formed_is_read_exactly(
     case: tuple[str, tuple[str, ...], int, dict[str, Any]],
 ) -> None:
@@ -482,6 +506,7 @@ def uxr_status_any(draw: st.DrawFn) -> tuple[str, tuple[str, ...], int, Any]:
 
 @SETTINGS
 @given(uxr_status_any())
+@counted("Rally UXR import status")
 def test_uxr_status_takes_any_answer(case: tuple[str, tuple[str, ...], int, Any]) -> None:
     """Properties 1-3 over any answer: nothing is delivered but by a 2xx COMPLETED status, and an ERROR
     import never has all its records delivered."""
@@ -539,6 +564,7 @@ def uxr_status_failed_records_of_another_shape(
 
 @SETTINGS
 @given(uxr_status_failed_records_of_another_shape())
+@counted("Rally UXR import status")
 def test_uxr_status_with_failed_records_of_another_shape_never_delivers(
     case: tuple[str, tuple[str, ...], dict[str, Any]],
 ) -> None:
@@ -567,6 +593,7 @@ def uxr_status_count_of_another_type(draw: st.DrawFn) -> tuple[str, tuple[str, .
 
 @SETTINGS
 @given(uxr_status_count_of_another_type())
+@counted("Rally UXR import status")
 def test_uxr_status_with_a_count_of_another_type_never_delivers(
     case: tuple[str, tuple[str, ...], dict[str, Any]],
 ) -> None:
@@ -658,6 +685,7 @@ def crm_well_formed(draw: st.DrawFn) -> tuple[tuple[str, ...], dict[str, Any]]:
 
 @SETTINGS
 @given(crm_well_formed())
+@counted("Rally CRM bulk answer")
 def test_crm_answer_that_adds_up_is_read_exactly(case: tuple[tuple[str, ...], dict[str, Any]]) -> None:
     """Properties 2 and 4: created + updated + failed == the batch, each failure named once: the errors
     for a passing reason are retried, the others rejected with their message, the rest delivered."""
@@ -715,6 +743,7 @@ def crm_answers(draw: st.DrawFn) -> tuple[int, Any]:
 
 @SETTINGS
 @given(crm_answers())
+@counted("Rally CRM bulk answer")
 def test_crm_success_only_when_the_answer_accounts_for_every_record(case: tuple[int, Any]) -> None:
     """Properties 1-3: a Success only when created + updated + failed == the batch and failed == the
     errors named, each an index of the request named once; its rejected and retried records are exactly
@@ -747,6 +776,7 @@ def crm_index_named_twice(draw: st.DrawFn) -> tuple[int, dict[str, Any]]:
 
 @SETTINGS
 @given(crm_index_named_twice())
+@counted("Rally CRM bulk answer")
 def test_crm_an_index_named_twice_is_no_success(case: tuple[int, dict[str, Any]]) -> None:
     """Properties 2 and 3: an answer naming one activity twice (as retried and rejected, or retried twice)
     counts that activity twice; it cannot be read as a Success."""
@@ -772,6 +802,7 @@ def crm_numbers_of_another_type(draw: st.DrawFn) -> tuple[int, dict[str, Any]]:
 
 @SETTINGS
 @given(crm_numbers_of_another_type())
+@counted("Rally CRM bulk answer")
 def test_crm_counts_and_indices_of_another_type_are_no_success(case: tuple[int, dict[str, Any]]) -> None:
     """Property 3: a count or an error index that is not a JSON integer ("2", 2.0, true, [2]) is not read
     as one (as http.bulk refuses an index of 1.9, true or "1"): the answer is no Success."""
@@ -810,6 +841,7 @@ def mics_created(draw: st.DrawFn) -> tuple[int, Any]:
 
 @SETTINGS
 @given(mics_created())
+@counted("mediarithmics execution")
 def test_mics_execution_created_is_success_only_with_an_execution_to_follow(case: tuple[int, Any]) -> None:
     """Properties 1-4: a Success carries the execution's id (a non-empty string or an integer, never the
     text of a null, boolean or list), so its status and error file can be followed; a well-formed answer
@@ -846,6 +878,7 @@ def mics_status_well_formed(draw: st.DrawFn) -> tuple[int, dict[str, Any]]:
 
 @SETTINGS
 @given(mics_status_well_formed())
+@counted("mediarithmics execution status")
 def test_mics_status_well_formed_is_read_exactly(case: tuple[int, dict[str, Any]]) -> None:
     """Properties 2-4: FAILED/CANCELED fail every line; PENDING/RUNNING are Pending; SUCCEEDED with no
     failure delivers every line; SUCCEEDED with failures follows its error file, or without one fails every
@@ -899,6 +932,7 @@ def mics_status_any(draw: st.DrawFn) -> tuple[int, int, Any]:
 
 @SETTINGS
 @given(mics_status_any())
+@counted("mediarithmics execution status")
 def test_mics_status_takes_any_answer(case: tuple[int, int, Any]) -> None:
     """Properties 1-3 over any answer: nothing is delivered but by a 2xx SUCCEEDED; a failed execution
     fails every line; a SUCCEEDED one with total_failure > 0 follows its error file or fails every line."""
@@ -935,6 +969,7 @@ def mics_status_total_failure_not_a_count(draw: st.DrawFn) -> tuple[int, dict[st
 
 @SETTINGS
 @given(mics_status_total_failure_not_a_count())
+@counted("mediarithmics execution status")
 def test_mics_status_with_a_total_failure_that_is_no_count_never_delivers(
     case: tuple[int, dict[str, Any]],
 ) -> None:
@@ -993,6 +1028,7 @@ def mics_follow(n: int, failures: int, uri: str) -> Request:
 
 @SETTINGS
 @given(mics_error_files(), st.sampled_from([b"\n", b"\r\n"]))
+@counted("mediarithmics error file")
 def test_mics_error_file_fails_its_lines_and_every_unnamed_failure(
     case: tuple[int, int, str, list[Any]], newline: bytes
 ) -> None:
@@ -1038,6 +1074,7 @@ def mics_error_files_any(draw: st.DrawFn) -> tuple[int, int, int, bytes]:
 
 @SETTINGS
 @given(mics_error_files_any())
+@counted("mediarithmics error file")
 def test_mics_error_file_takes_any_answer(case: tuple[int, int, int, bytes]) -> None:
     """Properties 1-3 over any error file answer: a 4xx (the file is gone) fails every line, a 5xx is
     asked again, a 2xx fails every line it names and, unless some line number is of another type, every
@@ -1130,6 +1167,7 @@ def bulk_answers(draw: st.DrawFn) -> tuple[str, int, Any]:
 
 @SETTINGS
 @given(bulk_answers(), st.integers(200, 299))
+@counted("http.bulk answer")
 def test_http_bulk_rejects_exactly_the_errors_at_the_pointer(case: tuple[str, int, Any], status: int) -> None:
     """Properties 1-4: nothing (or null) at the pointer delivers every record; a list there is a Success
     only when each item places a record by an integer index inside the batch, rejecting exactly those; any
@@ -1162,6 +1200,7 @@ def test_http_bulk_rejects_exactly_the_errors_at_the_pointer(case: tuple[str, in
 
 @SETTINGS
 @given(JUNK, st.integers(200, 299))
+@counted("http.bulk answer")
 def test_http_bulk_without_a_pointer_delivers_any_2xx(answer: Any, status: int) -> None:
     """Property 4 as documented: without `errors_pointer`, any 2xx means every record was delivered."""
     batch = BULK_RECORDS[:3]
@@ -1187,6 +1226,7 @@ REFUSERS: dict[str, tuple[Destination, list[Record]]] = {
     st.sampled_from([400, 404, 409, 410, 413, 415, 422]) | st.integers(400, 499),
     JUNK,
 )
+@counted("4xx refusals (all)")
 def test_refusals_never_deliver(kind: str, n: int, status: int, answer: Any) -> None:
     """Properties 1-3 for every read_refusal: a 4xx is split, given up or retried, never a Success; a single
     record is never split."""
@@ -1195,3 +1235,9 @@ def test_refusals_never_deliver(kind: str, n: int, status: int, answer: Any) -> 
     reading = destination.read_refusal(status, body_of(answer), destination.build(batch), batch)
     check_reading(reading, n)
     assert not isinstance(reading, Success), f"a {status} refusal read as a Success: {reading}"
+
+
+def test_zz_report_how_many_answers_were_generated() -> None:
+    """Runs last in this module (by name); the counts go into the run's figures."""
+    if TRIED:
+        figure("\ngenerated answers per reader: " + ", ".join(f"{k} {v}" for k, v in sorted(TRIED.items())))
