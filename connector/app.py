@@ -1,7 +1,9 @@
-"""Builds the sinks and sources from settings, runs them on one asyncio loop, and shuts them down on a signal.
+"""Builds the sinks and sources from settings, runs each under its own supervisor on one asyncio loop, and
+shuts them down on a signal.
 
-A fatal error in one sink or source stops every other gracefully (each still commits what it settled) and the
-process exits 1.
+A fatal error in one sink or source stops that one only (it commits what it settled) and it restarts by
+itself with a backoff while the others go on (connector.supervise). The process exits 1 only when every
+sink and source has stopped and one of them failed for good (`restart.max_restarts` spent).
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ import gc
 import logging
 import signal
 import time
+from collections.abc import Callable
 
-from connector.config import Settings
+from connector.config import Settings, SinkSettings, SourceSettings
 from connector.delivery.ratelimit import ApiWindows
 from connector.metrics import HealthServer, Metrics
 from connector.redact import install_log_redaction, register
 from connector.sink.pipeline import build_sink
+from connector.sink.worker import SinkWorker
 from connector.sources.source import JobSlots, PeopleAiSource
+from connector.supervise import Runner, Supervised
 
 log = logging.getLogger(__name__)
 
@@ -35,24 +40,47 @@ class App:
         register([s.reveal() for s in settings.secret_values])
         self.metrics = Metrics()
         windows = ApiWindows()  # one rate-limit budget per API and credential, whichever sinks use it
-        self.sinks = [
-            build_sink(s, settings.kafka, self.metrics, settings.shutdown_timeout, i, windows)
+        slots = JobSlots()  # People.ai's running-job limit per account, whichever sources use it
+        restart = settings.restart
+
+        def sink(i: int, s: SinkSettings) -> Callable[[], Runner]:
+            return lambda: build_sink(s, settings.kafka, self.metrics, settings.shutdown_timeout, i, windows)
+
+        def source(s: SourceSettings) -> Callable[[], Runner]:
+            return lambda: PeopleAiSource(s, settings.kafka, self.metrics, slots)
+
+        self.units = [
+            Supervised("sink", s.name, sink(i, s), restart, self.metrics)
             for i, s in enumerate(settings.sinks)
         ]
-        slots = JobSlots()  # People.ai's running-job limit per account, whichever sources use it
-        self.sources = [PeopleAiSource(s, settings.kafka, self.metrics, slots) for s in settings.sources]
-        self.health = HealthServer(self.metrics, self.alive, self.ready)
+        self.units += [
+            Supervised("source", s.name, source(s), restart, self.metrics) for s in settings.sources
+        ]
+        self.health = HealthServer(self.metrics, self.alive, self.ready, self.status)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self.started = asyncio.Event()  # set once the loop and health server are up (tests wait on it)
 
+    @property
+    def sinks(self) -> list[SinkWorker]:
+        """The sinks running now (one restarting has none)."""
+        return [u.runner for u in self.units if u.kind == "sink" and isinstance(u.runner, SinkWorker)]
+
     def alive(self) -> bool:
+        """/healthz: every running unit's loop turns (a restarting or failed unit is not stuck)."""
         now = time.monotonic()
-        beats = [s.heartbeat for s in self.sinks] + [s.heartbeat for s in self.sources]
-        return all(now - beat < STALL_LIMIT for beat in beats)
+        return all(u.alive(now, STALL_LIMIT) for u in self.units)
 
     def ready(self) -> bool:
-        return all(s.ready() for s in self.sinks) and all(s.ready() for s in self.sources)
+        """/readyz: every sink and source is running, assigned and reaching Kafka."""
+        return all(u.ready() for u in self.units)
+
+    def status(self) -> dict[str, object]:
+        """/status, in the spirit of Kafka Connect's: each sink's and source's state and last error."""
+        return {
+            "sinks": [u.status() for u in self.units if u.kind == "sink"],
+            "sources": [u.status() for u in self.units if u.kind == "source"],
+        }
 
     async def run(self) -> None:
         gc.set_threshold(*GC_THRESHOLDS)
@@ -61,17 +89,16 @@ class App:
         await self.health.start(self.settings.metrics_host, self.settings.metrics_port)
         log.info("metrics on http://%s:%d/metrics", self.settings.metrics_host, self.health.port)
         self.started.set()
-        tasks = [asyncio.create_task(s.run(self._stop), name=s.name) for s in self.sinks]
-        tasks += [asyncio.create_task(s.run(self._stop), name=s.name) for s in self.sources]
+        tasks = [asyncio.create_task(u.run(self._stop), name=u.name) for u in self.units]
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            if any(t.exception() is not None for t in done):
-                self._stop.set()  # one sink failed: the others stop gracefully too
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-            errors = [r for r in results if isinstance(r, BaseException)]
-            if errors:
-                raise errors[0]
+            await asyncio.gather(*tasks)
+            # Every unit has stopped: on a signal, or failed for good. The process fails with the first.
+            failed = [u.error for u in self.units if u.error is not None]
+            if failed:
+                raise failed[0]
         finally:
+            for task in tasks:
+                task.cancel()
             await self.health.stop()
 
     def request_stop(self) -> None:

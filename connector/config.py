@@ -142,6 +142,15 @@ class SourceSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RestartSettings:
+    """How a failed sink or source is restarted, alone, while the others go on."""
+
+    initial_backoff: float = 5.0
+    max_backoff: float = 300.0
+    max_restarts: int | None = None  # None: for ever (a 401 may be fixed on the API's side); 0: never
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     kafka: Mapping[str, Any]
     metrics_host: str
@@ -155,6 +164,7 @@ class Settings:
     # Every secret of the file (credentials, ${VAR}s and secret_files in secret places, header values):
     # masked wherever it appears in what `check` prints, and in every log line.
     secret_values: tuple[Secret, ...] = ()
+    restart: RestartSettings = field(default_factory=RestartSettings)
 
 
 # `schema_registry:` takes these of the Confluent client's properties besides `url`.
@@ -580,6 +590,7 @@ def parse_settings(
     if not host or not port.isdigit():
         raise ConfigError("metrics.listen", f"must be HOST:PORT, got {listen!r}")
     shutdown_timeout = root.typed("shutdown_timeout", parse_duration, 30.0)
+    restart = _restart(root.section("restart"))
     sources_raw = root.raw("sources", [])
     if not isinstance(sources_raw, list):
         raise ConfigError("sources", "must be a list")
@@ -626,7 +637,24 @@ def parse_settings(
         log_level=log_level,
         # Short values would mask every occurrence of a common word; they are masked where they stand.
         secret_values=tuple(Secret(v) for v in dict.fromkeys(found) if len(v) >= 4),
+        restart=restart,
     )
+
+
+def _restart(section: _Section) -> RestartSettings:
+    initial = section.typed("initial_backoff", parse_duration, 5.0)
+    maximum = section.typed("max_backoff", parse_duration, 300.0)
+    if initial < 0.1:
+        raise ConfigError(section.path("initial_backoff"), "must be at least 100ms (restarts must not loop)")
+    if maximum < initial:
+        raise ConfigError(section.path("max_backoff"), "must not be below initial_backoff")
+    limit = section.raw("max_restarts", None)
+    if limit is not None and (type(limit) is not int or limit < 0):
+        raise ConfigError(
+            section.path("max_restarts"), f"must be an integer >= 0 (or absent: for ever), got {limit!r}"
+        )
+    section.finish()
+    return RestartSettings(initial, maximum, limit)
 
 
 def load_settings(path: Path, env: Mapping[str, str] | None = None) -> Settings:

@@ -117,6 +117,15 @@ class Metrics:
             s,
             registry=r,
         )
+        self.sink_up = Gauge(
+            P + "sink_up",
+            "1 while the sink or source runs, 0 while it is failed or restarting",
+            s,
+            registry=r,
+        )
+        self.sink_restarts = Counter(
+            P + "sink_restarts", "Restarts of the sink or source after a fatal error", s, registry=r
+        )
         self.answers_unexpected = Counter(
             P + "answers_unexpected",
             "API answers that differ from what the connector assumes of the API (see the log, said once)",
@@ -297,12 +306,20 @@ def _accepts_gzip(accept_encoding: str) -> bool:
 
 
 class HealthServer:
-    """Serves /metrics, /healthz (the loops are alive) and /readyz (every sink assigned, Kafka reachable)."""
+    """Serves /metrics, /healthz (the loops are alive), /readyz (every sink running, assigned, reaching
+    Kafka) and /status (each sink's and source's state, restarts and last error, redacted)."""
 
-    def __init__(self, metrics: Metrics, alive: Callable[[], bool], ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        alive: Callable[[], bool],
+        ready: Callable[[], bool],
+        status: Callable[[], dict[str, object]] | None = None,
+    ) -> None:
         self._metrics = metrics
         self._alive = alive
         self._ready = ready
+        self._status = status
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -323,8 +340,13 @@ class HealthServer:
         ready = self._ready()
         return web.Response(status=200 if ready else 503, text="ready" if ready else "not ready")
 
+    async def _status_page(self, _: web.Request) -> web.Response:
+        status = self._status() if self._status is not None else {}
+        return web.json_response(status)
+
     async def start(self, host: str, port: int) -> None:
         app = web.Application()
+        app.router.add_get("/status", self._status_page)
         app.router.add_get("/metrics", self._metrics_page)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)

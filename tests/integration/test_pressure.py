@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import time
 import uuid
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from connector.config import RestartSettings
 from connector_sandbox.control import SandboxClient
 from connector_sandbox.events import json_events, produce, uxr_activity
 from connector_sandbox.harness import ConnectorProcess, ConnectorThread, drained
@@ -292,6 +294,7 @@ def test_on_error_fail_stops_the_sink_and_commits_nothing_past_it(
             "retry": {"max_attempts": 2, "initial_backoff": "10ms", "max_backoff": "20ms"},
         },
     )
+    settings = dataclasses.replace(settings, restart=RestartSettings(max_restarts=0))  # the process ends
     connector = ConnectorThread(settings).start()
     connector._thread.join(60)
     if connector.running:  # never leave it sending into the next test's sandbox

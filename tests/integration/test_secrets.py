@@ -7,6 +7,7 @@ included) in its refusals. The test fails if any 4 characters of a canary appear
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -19,7 +20,7 @@ import yaml
 from prometheus_client.exposition import generate_latest
 
 from connector.check import check
-from connector.config import parse_settings
+from connector.config import RestartSettings, parse_settings
 from connector_sandbox.control import SandboxClient
 from connector_sandbox.events import json_events, produce, uxr_activity
 from connector_sandbox.harness import ConnectorThread
@@ -119,7 +120,9 @@ def test_canary_secrets_appear_nowhere(
         # Then the API refuses the bearer token: the sink stops with an exception.
         sandbox.configure(API, forbidden_tokens=[TOKEN])
         produce(kafka_bootstrap, topic, json_events([uxr_activity(1000)]))
-        stopped = ConnectorThread(parse_settings(doc, env=env)).start()
+        # Not restarted (the default restarts it): the process then ends, with the error.
+        once = dataclasses.replace(parse_settings(doc, env=env), restart=RestartSettings(max_restarts=0))
+        stopped = ConnectorThread(once).start()
         stopped._thread.join(60)
         error = repr(stopped.error) + str(stopped.error)
     finally:

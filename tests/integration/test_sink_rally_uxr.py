@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -11,6 +12,7 @@ import httpx
 import orjson
 import pytest
 
+from connector.config import RestartSettings
 from connector_sandbox.control import SandboxClient
 from connector_sandbox.events import Event, avro_encoder, json_events, produce, uxr_activity
 from connector_sandbox.harness import ConnectorThread
@@ -193,6 +195,8 @@ def test_401_stops_the_sink_and_commits_nothing(
     settings = uxr_settings(
         kafka_bootstrap, sandbox_url, topic, destination={"auth": {"type": "bearer", "token": "wrong-token"}}
     )
+    # Not restarted (the default restarts it; tests/integration/test_isolation.py): the process then ends.
+    settings = dataclasses.replace(settings, restart=RestartSettings(max_restarts=0))
     connector = ConnectorThread(settings).start()
     connector._thread.join(30)
     assert not connector.running
