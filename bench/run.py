@@ -138,7 +138,7 @@ def end_to_end(
         "destination": destination,
         "batch": {"max_records": 1000, "max_bytes": "1MiB", "max_wait": "200ms"},
         "delivery": {"concurrency": 4},
-        "dead_letter": {"topic": f"{topic}.dlq"},
+        "dead_letter": {"topic": f"{topic}.dlq", "create": True},
     }
     if fmt == "avro":
         sink["schema"] = str(SCHEMA)

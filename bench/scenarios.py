@@ -57,7 +57,7 @@ def _bulk_sink(name: str, topic: str, sandbox_url: str, **extra: Any) -> dict[st
             "path": "/records",
             "body": "ndjson",
         },
-        "dead_letter": {"topic": f"{topic}.dlq"},
+        "dead_letter": {"topic": f"{topic}.dlq", "create": True},
         **extra,
     }
 
@@ -244,7 +244,7 @@ def shared_budget(
             "auth": {"type": "bearer", "token": "sandbox-token"},
         },
         "batch": {"max_records": per_request, "max_wait": "50ms"},
-        "dead_letter": {"topic": f"{topic}.dlq"},
+        "dead_letter": {"topic": f"{topic}.dlq", "create": True},
     }
     with tempfile.TemporaryDirectory() as folder:
         # What is still buffered at the end would wait for the limited budget: a short shutdown.

@@ -97,6 +97,15 @@ OnError = Literal["dead_letter", "fail"]
 
 
 @dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """How to create a topic that is missing (as Kafka Connect's errors.deadletterqueue.topic.*)."""
+
+    partitions: int = 1
+    replication_factor: int = -1  # -1: the broker's default.replication.factor
+    config: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class SinkSettings:
     name: str
     topics: tuple[str, ...]
@@ -113,6 +122,7 @@ class SinkSettings:
     on_error: OnError
     mapping: Mapping[str, Any] | None = None  # target field -> source (connector.codec.mapping)
     max_replays: int = 3  # `dlq replay` skips a dead letter replayed this many times already
+    dead_letter_create: TopicSpec | None = None  # create the dead-letter topic when missing
 
     @property
     def subscription(self) -> list[str]:
@@ -464,6 +474,7 @@ def _sink(section: _Section, index: int, base_dir: Path) -> SinkSettings:
     dl = section.section("dead_letter")
     dead_letter_topic = dl.string("topic", f"{name}.dlq")
     max_replays = dl.integer("max_replays", 3)
+    create = _topic_spec(dl)
     dl.finish()
     on_error = section.choice("on_error", ("dead_letter", "fail"), "dead_letter")
     mapping = section.raw("mapping")
@@ -487,7 +498,30 @@ def _sink(section: _Section, index: int, base_dir: Path) -> SinkSettings:
         on_error=on_error,  # type: ignore[arg-type]
         mapping=mapping,
         max_replays=max_replays,
+        dead_letter_create=create,
     )
+
+
+def _topic_spec(dl: _Section) -> TopicSpec | None:
+    """`create: true` with `partitions`, `replication_factor` and topic `config`: create when missing."""
+    create = dl.raw("create", False)
+    if not isinstance(create, bool):
+        raise ConfigError(dl.path("create"), f"must be true or false, got {create!r}")
+    partitions = dl.integer("partitions", 1)
+    replication = dl.integer("replication_factor", -1, minimum=-1)
+    config = dl.raw("config", {})
+    if partitions < 1:
+        raise ConfigError(dl.path("partitions"), "must be at least 1")
+    if replication == 0:
+        raise ConfigError(dl.path("replication_factor"), "must be at least 1 (or -1: the broker's default)")
+    if not isinstance(config, dict):
+        raise ConfigError(dl.path("config"), "must be a mapping of topic configs (retention.ms: ...)")
+    if not create:
+        for key in ("partitions", "replication_factor", "config"):
+            if dl.has(key):
+                raise ConfigError(dl.path(key), "is used only with create: true")
+        return None
+    return TopicSpec(partitions, replication, {str(k): str(v) for k, v in config.items()})
 
 
 def _delivery(d: _Section, timeout: float) -> DeliverySettings:

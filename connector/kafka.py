@@ -16,11 +16,15 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
-from connector.config import Settings
-from connector.errors import ConfigError
+from connector.config import Settings, TopicSpec
+from connector.errors import ConfigError, StartupError
 from connector.logs import KAFKA_LOGGER
+
+log = logging.getLogger(__name__)
 
 # A broker that comes back is found within 2 s, not librdkafka's default of up to 10 s.
 CLIENT_DEFAULTS: dict[str, Any] = {"reconnect.backoff.max.ms": 2000}
@@ -177,3 +181,44 @@ def admin_config(kafka: Mapping[str, Any]) -> dict[str, Any]:
     """For `check --connect`: librdkafka's lines through logging (repeats collapsed), not stderr."""
     common = {k: v for k, v in kafka.items() if k not in CONSUMER_ONLY}
     return {**CLIENT_DEFAULTS, **common, **_LOGGING}
+
+
+def ensure_topic(kafka: Mapping[str, Any], topic: str, key: str, create: TopicSpec | None) -> str:
+    """That `topic` exists, or is created as `create` says; what was done, in words. Blocking (run in a
+    thread). Raises StartupError naming `key` when it is missing and not to be created, or when Kafka
+    refuses to describe or create it (authorization: the ACL is named)."""
+    # Asking for a topic's metadata must not create it (a broker with auto-creation would, with its
+    # defaults): the check is of what exists.
+    admin = AdminClient({**admin_config(kafka), "allow.auto.create.topics": "false"})
+    try:
+        metadata = admin.list_topics(topic=topic, timeout=15)
+    except KafkaException as exc:
+        raise StartupError(f"{key}: cannot describe topic {topic!r}: {exc.args[0].str()}") from None
+    found = metadata.topics.get(topic)
+    error = found.error if found is not None else None
+    if found is not None and error is None:
+        return f"{topic} exists ({len(found.partitions)} partitions)"
+    if error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+        raise StartupError(f"{key}: not authorized to describe topic {topic!r} (ACL: Describe on it)")
+    if error is not None and error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+        raise StartupError(f"{key}: cannot describe topic {topic!r}: {error.str()}")
+    if create is None:
+        raise StartupError(
+            f"{key}: topic {topic!r} does not exist; create it, or set dead_letter.create: true "
+            "(with partitions, replication_factor and config) for the connector to create it"
+        )
+    new = NewTopic(topic, create.partitions, create.replication_factor, config=dict(create.config))
+    for future in admin.create_topics([new], request_timeout=30).values():
+        try:
+            future.result(timeout=30)
+        except KafkaException as exc:
+            code = exc.args[0].code()
+            if code == KafkaError.TOPIC_ALREADY_EXISTS:
+                return f"{topic} exists (created meanwhile)"
+            if code in (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED):
+                raise StartupError(
+                    f"{key}: not authorized to create topic {topic!r} (ACL: Create on it)"
+                ) from None
+            raise StartupError(f"{key}: cannot create topic {topic!r}: {exc.args[0].str()}") from None
+    log.info("created topic %s (%d partitions)", topic, create.partitions)
+    return f"{topic} created ({create.partitions} partitions)"

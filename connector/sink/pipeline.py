@@ -8,6 +8,7 @@ themselves are tested with fakes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,13 +24,15 @@ from connector.delivery.proxy import proxy_for
 from connector.delivery.ratelimit import ApiWindows
 from connector.delivery.service import DeliveryService
 from connector.destinations import for_sink, mapper_for
-from connector.kafka import config_error, consumer_config, producer_config
+from connector.kafka import config_error, consumer_config, ensure_topic, producer_config
 from connector.metrics import Metrics
 from connector.redact import register
 from connector.sink.backpressure import RECORD_COST, Backpressure
 from connector.sink.offsets import OffsetTracker
 from connector.sink.task import SinkTask
 from connector.sink.worker import SinkWorker
+
+log = logging.getLogger(__name__)
 
 
 def build_sink(
@@ -132,5 +135,15 @@ def build_sink(
         m,
         shutdown_timeout=shutdown_timeout,
         on_close=close,
+        preflight=lambda: log.info(
+            "%s: dead-letter topic %s",
+            settings.name,
+            ensure_topic(
+                kafka,
+                settings.dead_letter_topic,
+                f"sinks[{index}].dead_letter.topic",
+                settings.dead_letter_create,
+            ),
+        ),
     )
     return worker

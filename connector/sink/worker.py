@@ -84,6 +84,7 @@ class SinkWorker:
         *,
         shutdown_timeout: float = 30.0,
         on_close: Callable[[], Awaitable[None]] | None = None,
+        preflight: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
@@ -96,6 +97,7 @@ class SinkWorker:
         self.m = metrics
         self.shutdown_timeout = shutdown_timeout
         self._on_close = on_close
+        self._preflight = preflight
         self._clock = clock
         self.heartbeat = clock()
         self.assigned = False
@@ -125,11 +127,13 @@ class SinkWorker:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set or a fatal error; then flush, settle, commit and close."""
         current_sink.set(self.name)  # every log line of this sink's task and the tasks it starts
-        self.consumer.subscribe(
-            self.subscription, on_assign=self.on_assign, on_revoke=self.on_revoke, on_lost=self.on_lost
-        )
         next_gauges = self._clock()
         try:
+            if self._preflight is not None:  # e.g. the dead-letter topic exists, before the first record
+                await asyncio.to_thread(self._preflight)
+            self.consumer.subscribe(
+                self.subscription, on_assign=self.on_assign, on_revoke=self.on_revoke, on_lost=self.on_lost
+            )
             while not stop.is_set() and self.fatal is None:
                 messages = self.consumer.consume(CONSUME_MAX, 0) if self._may_consume() else []
                 now = self.heartbeat = self._clock()

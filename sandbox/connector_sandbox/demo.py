@@ -236,7 +236,7 @@ def _sink(case: Case, topic: str, sandbox_url: str, run: str) -> dict[str, Any]:
         "destination": {"type": case.api, "url": sandbox_url + case.url_path, **case.destination},
         "batch": {"max_wait": "200ms", **case.batch},
         "delivery": {"concurrency": 4, "retry": {"initial_backoff": "100ms", "max_backoff": "2s"}},
-        "dead_letter": {"topic": f"{topic}.dlq"},
+        "dead_letter": {"topic": f"{topic}.dlq", "create": True},
     }
 
 

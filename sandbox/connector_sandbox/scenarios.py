@@ -52,7 +52,7 @@ def rate_limit_efficiency(
                     },
                     "batch": {"max_records": per_request, "max_wait": "50ms"},
                     "delivery": {"concurrency": 4},
-                    "dead_letter": {"topic": f"{topic}.dlq"},
+                    "dead_letter": {"topic": f"{topic}.dlq", "create": True},
                 }
             ],
         },
@@ -133,7 +133,7 @@ def status_poll_share(
                     },
                     "batch": {"max_records": per_request, "max_wait": "50ms"},
                     "delivery": {"concurrency": 4},
-                    "dead_letter": {"topic": f"{topic}.dlq"},
+                    "dead_letter": {"topic": f"{topic}.dlq", "create": True},
                 }
             ],
         },

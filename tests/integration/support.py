@@ -29,7 +29,7 @@ def uxr_config(
         },
         "batch": {"max_records": 1000, "max_bytes": "256KiB", "max_wait": "100ms"},
         "delivery": {"concurrency": 4, "retry": {"initial_backoff": "50ms", "max_backoff": "1s"}},
-        "dead_letter": {"topic": f"{topic}.dlq"},
+        "dead_letter": {"topic": f"{topic}.dlq", "create": True},
     }
     for key, value in sink.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
@@ -118,7 +118,7 @@ def sink(name: str, topic: str, dest: dict[str, Any], **extra: Any) -> dict[str,
         "destination": dest,
         "batch": {"max_wait": "100ms"},
         "delivery": {"retry": {"initial_backoff": "50ms", "max_backoff": "1s"}},
-        "dead_letter": {"topic": f"{topic}.dlq"},
+        "dead_letter": {"topic": f"{topic}.dlq", "create": True},
         **extra,
     }
 

@@ -94,7 +94,7 @@ def test_outage_loses_nothing_keeps_memory_flat_and_resumes_fast(
                 },
                 # A ceiling of 10 requests/s stretches the run so the outage falls in its middle.
                 "delivery": {"concurrency": 4, "timeout": "2s", "rate_limit": {"requests_per_second": 10}},
-                "dead_letter": {"topic": f"{topic}.dlq"},
+                "dead_letter": {"topic": f"{topic}.dlq", "create": True},
             }
         ],
     }

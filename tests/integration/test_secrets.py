@@ -84,7 +84,7 @@ def test_canary_secrets_appear_nowhere(
                 topic,
                 {**destination(API, sandbox_url), "auth": oauth},
                 batch={"max_records": 50, "max_wait": "100ms"},
-                dead_letter={"topic": f"{topic}.dlq"},
+                dead_letter={"topic": f"{topic}.dlq", "create": True},
             ),
         ],
     }

@@ -148,3 +148,25 @@ def test_a_url_typo_is_a_configuration_error_naming_the_key(url: str, problem: s
         parse_settings(doc, env={"TOKEN": "t"})
     assert info.value.key == "sinks[0].destination.url"
     assert problem in info.value.problem and "pa55word" not in str(info.value)
+
+
+def test_dead_letter_create_takes_partitions_replication_and_configs() -> None:
+    from connector.config import TopicSpec
+
+    doc = _minimal(
+        dead_letter={"topic": "d", "create": True, "partitions": 3, "config": {"retention.ms": 60}}
+    )
+    assert parse_settings(doc, env={"TOKEN": "t"}).sinks[0].dead_letter_create == TopicSpec(
+        3, -1, {"retention.ms": "60"}
+    )
+    assert parse_settings(_minimal(), env={"TOKEN": "t"}).sinks[0].dead_letter_create is None
+    for bad, key in (
+        ({"create": "yes"}, "sinks[0].dead_letter.create"),
+        ({"create": True, "partitions": 0}, "sinks[0].dead_letter.partitions"),
+        ({"create": True, "replication_factor": 0}, "sinks[0].dead_letter.replication_factor"),
+        ({"create": True, "config": ["a"]}, "sinks[0].dead_letter.config"),
+        ({"partitions": 3}, "sinks[0].dead_letter.partitions"),  # only with create: true
+    ):
+        with pytest.raises(ConfigError) as info:
+            parse_settings(_minimal(dead_letter={"topic": "d", **bad}), env={"TOKEN": "t"})
+        assert info.value.key == key, bad
