@@ -67,7 +67,8 @@ def dead_letter_headers(
 
 
 class DeadLetterWriter:
-    """Produces dead letters; `on_written(record, failure, ok)` runs from `poll()` once the broker answered.
+    """Produces dead letters; `on_written(record, failure, ok, why)` runs from `poll()` once the broker
+    answered.
 
     It never blocks the event loop: when librdkafka's local queue is full, dead letters wait here and go
     on a later `poll()`. What it holds until the broker acknowledges (`held()`) counts towards the sink's
@@ -81,7 +82,7 @@ class DeadLetterWriter:
         sink: str,
         destination: str,
         metrics: SinkMetrics,
-        on_written: Callable[[Record, Failure, bool], None],
+        on_written: Callable[[Record, Failure, bool, str], None],
     ) -> None:
         self._producer = producer
         self.topic = topic
@@ -126,7 +127,7 @@ class DeadLetterWriter:
                 self._waiting.popleft()
                 self._held_bytes -= record.size
                 log.error("dead letter for %r not written: %s", record, exc.args[0] if exc.args else exc)
-                self._on_written(record, failure, False)
+                self._on_written(record, failure, False, str(exc.args[0] if exc.args else exc))
                 continue
             self._waiting.popleft()
             self._unacked += 1
@@ -139,7 +140,7 @@ class DeadLetterWriter:
                 log.error("dead letter for %r not written: %s", record, err)
             else:
                 self._m.dead_lettered(failure.reason)
-            self._on_written(record, failure, err is None)
+            self._on_written(record, failure, err is None, "" if err is None else str(err))
 
         return delivered
 

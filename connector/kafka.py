@@ -199,7 +199,9 @@ def ensure_topic(kafka: Mapping[str, Any], topic: str, key: str, create: TopicSp
     if found is not None and error is None:
         return f"{topic} exists ({len(found.partitions)} partitions)"
     if error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
-        raise StartupError(f"{key}: not authorized to describe topic {topic!r} (ACL: Describe on it)")
+        raise StartupError(
+            f"{key}: not authorized to describe topic {topic!r} (ACL: Write on it, which implies Describe)"
+        )
     if error is not None and error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
         raise StartupError(f"{key}: cannot describe topic {topic!r}: {error.str()}")
     if create is None:

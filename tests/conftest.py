@@ -9,6 +9,7 @@ import pytest
 from connector_sandbox.control import SandboxClient
 from connector_sandbox.kafka_broker import broker_from_env
 from connector_sandbox.schema_registry import SchemaRegistry
+from connector_sandbox.secured_broker import SecuredKafkaBroker
 from connector_sandbox.server import SandboxProcess
 
 
@@ -20,6 +21,18 @@ def kafka_bootstrap() -> Iterator[str]:
     finally:
         if broker is not None:
             broker.stop()
+
+
+@pytest.fixture(scope="session")
+def secured_kafka() -> Iterator[SecuredKafkaBroker]:
+    """A second broker, secured as users' clusters are (SASL_SSL, mutual TLS, ACLs, no auto-creation),
+    started only for the tests that use it."""
+    broker = SecuredKafkaBroker()
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
 
 
 @pytest.fixture(scope="session")

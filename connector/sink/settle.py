@@ -138,10 +138,15 @@ class Settle:
         for tracked in pending:
             self.import_ended(tracked, Done(), "unknown")
 
-    def dead_lettered(self, record: Record, failure: Failure, ok: bool) -> None:
-        """The broker answered a dead-letter write."""
+    def dead_lettered(self, record: Record, failure: Failure, ok: bool, why: str = "") -> None:
+        """The broker answered a dead-letter write (`why` it refused it)."""
         if ok:
             self.offsets.settle((record.topic, record.partition), record.epoch, record.offset)
         else:
             topic = self.dead_letters.topic if self.dead_letters is not None else "?"
-            self._on_fatal(DeadLetterError(f"{self.name}: could not write to dead-letter topic {topic}"))
+            message = f"{self.name}: could not write to dead-letter topic {topic}"
+            if why:
+                message += f": {why}"
+            if "authoriz" in why.lower():
+                message += "; the sink needs Write on its dead-letter topic (see the ACLs in operations.md)"
+            self._on_fatal(DeadLetterError(message))

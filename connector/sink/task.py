@@ -295,9 +295,9 @@ class SinkTask:
     def dead_letter(self, record: Record, failure: Failure) -> None:
         self.settle.dead_letter(record, failure)
 
-    def dead_lettered(self, record: Record, failure: Failure, ok: bool) -> None:
+    def dead_lettered(self, record: Record, failure: Failure, ok: bool, why: str = "") -> None:
         """The broker answered a dead-letter write."""
-        self.settle.dead_lettered(record, failure, ok)
+        self.settle.dead_lettered(record, failure, ok, why)
 
     # --- what is held --------------------------------------------------------------------------------------
 

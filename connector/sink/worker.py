@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from connector.errors import FatalError
 from connector.logs import KAFKA_LOGGER, current_sink
 from connector.metrics import SinkMetrics
 from connector.sink.backpressure import Backpressure
@@ -42,13 +43,31 @@ IDLE_SLEEP = 0.01  # seconds to yield when Kafka had nothing for us
 # delay rebalance callbacks, hence the pause when the stop lasts (an outage, a registry down).
 HOLD_BEFORE_PAUSE = 2.0
 COMMIT_MIN_INTERVAL = 0.05  # seconds between commits: coalesces the watermark's many small moves
+STALE_STATS = 3.0  # seconds: statistics saying "down" this soon after Kafka answered are not believed
 COMMIT_STUCK = 15.0  # a commit with no callback after this long is taken as failed
 GAUGE_INTERVAL = 1.0
 RESHARE_RETRY = 5.0  # seconds before the partition counts are asked for again after a failure...
 RESHARE_MAX_RETRY = 60.0  # ...doubling up to this
 # librdkafka errors that mean no broker can be reached right now.
 # (One broker's connection failing, _TRANSPORT, is not enough: others may still serve.)
-_DISCONNECTED = frozenset({KafkaError._ALL_BROKERS_DOWN})
+_DISCONNECTED = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._AUTHENTICATION, KafkaError._SSL})
+# Kafka refuses what the sink must do: it cannot go on (it restarts with its backoff: an ACL may be added).
+_DENIED = {
+    KafkaError.TOPIC_AUTHORIZATION_FAILED: "Read on its topics and Write on its dead-letter topic",
+    KafkaError.GROUP_AUTHORIZATION_FAILED: "Read on its consumer group",
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED: "Write on its dead-letter topic (IdempotentWrite on the cluster "
+    "for brokers before 2.8)",
+}
+
+
+def denied(error: KafkaError, name: str) -> FatalError | None:
+    """A sink's error when Kafka refuses it an operation: which ACL it needs, named."""
+    needed = _DENIED.get(error.code())
+    if needed is None:
+        return None
+    return FatalError(
+        f"{name}: Kafka refused: {error.str()}; the sink needs {needed} (see the ACLs in operations.md)"
+    )
 
 
 def subscribed_partitions(
@@ -98,6 +117,7 @@ class SinkWorker:
         self.shutdown_timeout = shutdown_timeout
         self._on_close = on_close
         self._preflight = preflight
+        self._seen_up = -STALE_STATS  # when Kafka last answered (a message, a commit)
         self._clock = clock
         self.heartbeat = clock()
         self.assigned = False
@@ -161,7 +181,10 @@ class SinkWorker:
         error = message.error()
         if error is not None and error.code() != KafkaError._PARTITION_EOF:
             log.warning("%s: consumer error: %s", self.name, error)
-            if error.fatal():
+            refused = denied(error, self.name)
+            if refused is not None and self._fatal is None:
+                self._fatal = refused
+            elif error.fatal():
                 self._fatal = KafkaException(error)
 
     # --- committing ----------------------------------------------------------------------------------------
@@ -345,7 +368,11 @@ class SinkWorker:
     def on_stats(self, stats_json: str) -> None:
         stats = orjson.loads(stats_json)
         brokers = stats.get("brokers", {}).values()
-        self._connected(any(b.get("state") == "UP" for b in brokers))
+        up = any(b.get("state") == "UP" for b in brokers)
+        # Statistics are made on librdkafka's thread and may be served late: a "down" older than a
+        # message or a commit answer just seen is stale (it flipped readiness back after a broker's return).
+        if up or self._clock() - self._seen_up > STALE_STATS:
+            self._connected(up)
         for topic, t in stats.get("topics", {}).items():
             for pid, p in t.get("partitions", {}).items():
                 if pid == "-1" or self.offsets.state((topic, int(pid))) is None:
@@ -361,10 +388,15 @@ class SinkWorker:
         if error.code() in _DISCONNECTED:
             self._connected(False)
         kafka_log.warning("%s: kafka: %s", self.name, error)
-        if error.fatal() and self._fatal is None:
+        refused = denied(error, self.name)
+        if refused is not None and self._fatal is None:
+            self._fatal = refused
+        elif error.fatal() and self._fatal is None:
             self._fatal = KafkaException(error)
 
     def _connected(self, up: bool) -> None:
+        if up:
+            self._seen_up = self._clock()
         if up != self.connected:
             self.connected = up
             self.m.kafka_connected.set(1 if up else 0)

@@ -142,40 +142,45 @@ class KafkaBroker:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def admin_bootstrap(self) -> str:
+        """Where the tests' own admin requests go (a super user's listener on a secured broker)."""
+        return self.bootstrap
+
+    def _properties(self, controller: int) -> list[str]:
+        """The broker's server.properties (a PLAINTEXT listener, topics created on first use)."""
+        assert self._dir is not None
+        return [
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@127.0.0.1:{controller}",
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{controller}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            "inter.broker.listener.name=PLAINTEXT",
+            "controller.listener.names=CONTROLLER",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"log.dirs={self._dir / 'data'}",
+            "num.partitions=1",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=1",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "transaction.state.log.num.partitions=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            "auto.create.topics.enable=true",
+            "num.network.threads=2",
+            "num.io.threads=2",
+            "log.flush.interval.messages=9223372036854775807",
+        ]
+
     def start(self, timeout: float = 90.0) -> None:
         lib = ensure_jars()
         self._dir = Path(tempfile.mkdtemp(prefix="activity-connector-kafka-"))
         self.port, controller = free_port(), free_port()
         props = self._dir / "server.properties"
-        props.write_text(
-            "\n".join(
-                [
-                    "process.roles=broker,controller",
-                    "node.id=1",
-                    f"controller.quorum.voters=1@127.0.0.1:{controller}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{controller}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
-                    "inter.broker.listener.name=PLAINTEXT",
-                    "controller.listener.names=CONTROLLER",
-                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-                    f"log.dirs={self._dir / 'data'}",
-                    "num.partitions=1",
-                    "offsets.topic.replication.factor=1",
-                    "offsets.topic.num.partitions=1",
-                    "transaction.state.log.replication.factor=1",
-                    "transaction.state.log.min.isr=1",
-                    "transaction.state.log.num.partitions=1",
-                    "share.coordinator.state.topic.replication.factor=1",
-                    "share.coordinator.state.topic.min.isr=1",
-                    "group.initial.rebalance.delay.ms=0",
-                    "auto.create.topics.enable=true",
-                    "num.network.threads=2",
-                    "num.io.threads=2",
-                    "log.flush.interval.messages=9223372036854775807",
-                    "",
-                ]
-            )
-        )
+        props.write_text("\n".join([*self._properties(controller), ""]))
         log4j = self._dir / "log4j2.properties"
         log4j.write_text(_LOG4J)
         java = ["java", f"-Dlog4j2.configurationFile=file:{log4j}", "-cp", f"{lib}/*"]
@@ -240,7 +245,7 @@ class KafkaBroker:
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        admin = AdminClient({"bootstrap.servers": self.admin_bootstrap, "log_level": 0})
         while time.monotonic() < deadline:
             if self._process is None or self._process.poll() is not None:
                 raise BrokerError(f"the Kafka broker exited while starting:\n{self._log_tail()}")

@@ -651,7 +651,7 @@ def test_a_dead_letter_refused_at_once_stops_the_sink_without_settling() -> None
         "s",
         "d",
         Metrics().sink("s"),
-        lambda r, f, ok: written.append((r.offset, ok)),
+        lambda r, f, ok, why: written.append((r.offset, ok)),
     )
     writer.write(record(activity("a"), 7), Failure("rejected", "m"))
     writer.write(record(activity("b"), 8), Failure("rejected", "m"))
