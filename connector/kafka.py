@@ -23,6 +23,7 @@ from confluent_kafka.cimpl import NewTopic
 from connector.config import Settings, TopicSpec
 from connector.errors import ConfigError, StartupError
 from connector.logs import KAFKA_LOGGER
+from connector.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -189,11 +190,18 @@ def ensure_topic(kafka: Mapping[str, Any], topic: str, key: str, create: TopicSp
     refuses to describe or create it (authorization: the ACL is named)."""
     # Asking for a topic's metadata must not create it (a broker with auto-creation would, with its
     # defaults): the check is of what exists.
-    admin = AdminClient({**admin_config(kafka), "allow.auto.create.topics": "false"})
+    said: list[str] = []  # what librdkafka reported meanwhile (a failed SASL authentication, TLS)
+    config = {
+        **admin_config(kafka),
+        "allow.auto.create.topics": "false",
+        "error_cb": lambda e: said.append(e.str()),
+    }
+    admin = AdminClient(config)
     try:
         metadata = admin.list_topics(topic=topic, timeout=15)
     except KafkaException as exc:
-        raise StartupError(f"{key}: cannot describe topic {topic!r}: {exc.args[0].str()}") from None
+        why = said[-1] if said else exc.args[0].str()
+        raise StartupError(f"{key}: cannot describe topic {topic!r}: {redact(why)}") from None
     found = metadata.topics.get(topic)
     error = found.error if found is not None else None
     if found is not None and error is None:

@@ -91,12 +91,14 @@ class Supervised:
         offsets = getattr(self.runner, "offsets", None)
         if self.state == "RUNNING" and offsets is not None:
             partitions = [f"{t}-{p}" for t, p in offsets.assigned()]
+        problem = getattr(self.runner, "kafka_problem", None) if self.state == "RUNNING" else None
         return {
             "name": self.name,
             "type": self.kind,
             "state": self.state,
             "restarts": self.restarts,
             "last_error": self.last_error,
+            "kafka_error": redact(problem)[:1000] if isinstance(problem, str) else None,
             "partitions": partitions,
         }
 
@@ -131,7 +133,7 @@ class Supervised:
                 self.state = "RESTARTING"
                 delay = self._backoff.delay(failures)
                 log.error(
-                    "%s failed: %s; restarting it in %.0f s, the others go on",
+                    "%s failed: %s; restarting it in %.1f s, the others go on",
                     self.name,
                     self.last_error,
                     delay,

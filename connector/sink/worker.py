@@ -17,6 +17,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -43,6 +44,10 @@ IDLE_SLEEP = 0.01  # seconds to yield when Kafka had nothing for us
 # delay rebalance callbacks, hence the pause when the stop lasts (an outage, a registry down).
 HOLD_BEFORE_PAUSE = 2.0
 COMMIT_MIN_INTERVAL = 0.05  # seconds between commits: coalesces the watermark's many small moves
+# librdkafka calls that block (admin requests, synchronous commits, flush, close), off the shared loop and
+# apart from asyncio's default executor (aiohttp's DNS lookups use that one).
+KAFKA_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kafka")
+COMMIT_THREAD_WAIT = 120.0  # seconds a stopping sink waits for a commit in a thread (librdkafka times out)
 STALE_STATS = 3.0  # seconds: statistics saying "down" this soon after Kafka answered are not believed
 COMMIT_STUCK = 15.0  # a commit with no callback after this long is taken as failed
 GAUGE_INTERVAL = 1.0
@@ -118,6 +123,7 @@ class SinkWorker:
         self._on_close = on_close
         self._preflight = preflight
         self._seen_up = -STALE_STATS  # when Kafka last answered (a message, a commit)
+        self.kafka_problem: str | None = None  # why Kafka cannot be reached (authentication, TLS)
         self._clock = clock
         self.heartbeat = clock()
         self.assigned = False
@@ -149,8 +155,8 @@ class SinkWorker:
         current_sink.set(self.name)  # every log line of this sink's task and the tasks it starts
         next_gauges = self._clock()
         try:
-            if self._preflight is not None:  # e.g. the dead-letter topic exists, before the first record
-                await asyncio.to_thread(self._preflight)
+            if self._preflight is not None and not await self._run_preflight(stop):
+                return  # stopped meanwhile
             self.consumer.subscribe(
                 self.subscription, on_assign=self.on_assign, on_revoke=self.on_revoke, on_lost=self.on_lost
             )
@@ -176,6 +182,20 @@ class SinkWorker:
             await self._shutdown()
         if self.fatal is not None:
             raise self.fatal
+
+    async def _run_preflight(self, stop: asyncio.Event) -> bool:
+        """The checks before the first record (the dead-letter topic exists), in a thread: the loop turns
+        (heartbeat) and a stop is heeded meanwhile. False when stopped before they ended."""
+        assert self._preflight is not None
+        checks = asyncio.get_running_loop().run_in_executor(KAFKA_THREADS, self._preflight)
+        while True:
+            done, _ = await asyncio.wait({checks}, timeout=0.5)
+            self.heartbeat = self._clock()
+            if done:
+                checks.result()  # raises what the checks raised (a StartupError naming the key)
+                return not stop.is_set()
+            if stop.is_set():
+                return False  # the thread ends by its own timeouts; its answer is no longer needed
 
     def _consumer_error(self, message: Message) -> None:
         error = message.error()
@@ -235,6 +255,12 @@ class SinkWorker:
             for tp in offsets:
                 self.offsets.commit_failed((tp.topic, tp.partition), tp.offset)
 
+    def _close_consumer(self) -> None:
+        try:
+            self.consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("%s: closing the consumer: %s", self.name, exc)
+
     def _commit_in_thread(self, now: float) -> None:
         """While intake holds, consume() is not called, and librdkafka hands over the answers of
         asynchronous commits only inside it: the commit in flight stayed unanswered for the whole hold
@@ -252,7 +278,7 @@ class SinkWorker:
         def commit() -> list[TopicPartition]:
             return consumer.commit(offsets=offsets, asynchronous=False) or offsets
 
-        done = self._thread_commit = asyncio.ensure_future(asyncio.to_thread(commit))
+        done = self._thread_commit = asyncio.get_running_loop().run_in_executor(KAFKA_THREADS, commit)
         done.add_done_callback(lambda future: self._committed_in_thread(future, offsets))
 
     def _committed_in_thread(
@@ -387,6 +413,8 @@ class SinkWorker:
     def on_kafka_error(self, error: KafkaError) -> None:
         if error.code() in _DISCONNECTED:
             self._connected(False)
+            if error.code() != KafkaError._ALL_BROKERS_DOWN:
+                self.kafka_problem = error.str()  # authentication, TLS: shown in /status
         kafka_log.warning("%s: kafka: %s", self.name, error)
         refused = denied(error, self.name)
         if refused is not None and self._fatal is None:
@@ -397,6 +425,7 @@ class SinkWorker:
     def _connected(self, up: bool) -> None:
         if up:
             self._seen_up = self._clock()
+            self.kafka_problem = None
         if up != self.connected:
             self.connected = up
             self.m.kafka_connected.set(1 if up else 0)
@@ -477,26 +506,28 @@ class SinkWorker:
         self.m.buffered_bytes.set(nbytes)
 
     async def _shutdown(self) -> None:
+        """Flush, commit and close. librdkafka's blocking calls run in KAFKA_THREADS: the loop is shared
+        with the other sinks and sources and the health server (a sink stopping after a fatal error
+        while its dead-letter topic did not answer froze them all for shutdown_timeout)."""
         deadline = self._clock() + self.shutdown_timeout
         await self.task.stop(deadline, self._clock)
-        if self._thread_commit is not None:  # before the commit below, and before close()
-            await asyncio.wait([self._thread_commit], timeout=max(1.0, deadline - self._clock()))
+        self.task.service.rate_limiter.set_partitions(self.name, 0, 0)  # its budget share is others'
+        loop = asyncio.get_running_loop()
+        if self._thread_commit is not None:
+            # A synchronous commit ends by librdkafka's own request timeout. Closing the client under it
+            # is not safe, and a restart must not join the group while this member lives: wait for it.
+            await asyncio.wait([self._thread_commit], timeout=COMMIT_THREAD_WAIT)
             if self._thread_commit is not None:
-                # Still inside commit(): closing the client under it is not safe. What it commits stands;
-                # what it does not is read again by the partitions' next owner.
-                log.warning("%s: a commit did not end by the shutdown deadline; not closing", self.name)
+                log.warning("%s: a commit did not end in %.0f s; not closing", self.name, COMMIT_THREAD_WAIT)
                 self._update_gauges()
                 if self._on_close is not None:
                     await self._on_close()
                 return
-        self.dead_letters.flush(max(1.0, deadline - self._clock()))
-        self.commit(self._clock(), sync=True)
+        await loop.run_in_executor(KAFKA_THREADS, self.dead_letters.flush, max(1.0, deadline - self._clock()))
+        await loop.run_in_executor(KAFKA_THREADS, lambda: self.commit(self._clock(), sync=True))
         self._update_gauges()
         self._closing = True
-        try:
-            self.consumer.close()
-        except (KafkaException, RuntimeError) as exc:
-            log.warning("%s: closing the consumer: %s", self.name, exc)
+        await loop.run_in_executor(KAFKA_THREADS, self._close_consumer)
         self._paused.clear()
         self.m.paused.set(0)  # closed: it holds no partition, paused or not
         if self._on_close is not None:

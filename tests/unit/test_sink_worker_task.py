@@ -643,3 +643,92 @@ def test_open_batches_full_by_the_per_record_cost_are_sent_at_once() -> None:
         return metrics.value("records_delivered_total", {"sink": "s"}) == 30
 
     asyncio.run(run_until(worker, delivered, limit=5.0))
+
+
+class _StuckProducer:
+    """A broker that never acknowledges a dead letter (an outage, the topic's leader gone)."""
+
+    def produce(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def poll(self, timeout: float = 0) -> int:
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        time.sleep(timeout)
+        return 1
+
+
+def test_a_sink_stopping_after_a_fatal_error_does_not_freeze_the_shared_loop() -> None:
+    """Review: flush, the synchronous commit and close() ran on the loop thread: a sink stopping after a
+    401, while its dead-letter topic did not answer, froze every other sink and /healthz for
+    shutdown_timeout (10 s seen)."""
+    from connector.deadletter import DeadLetterWriter
+    from connector.errors import FatalError
+
+    worker, consumer, _, metrics, _ = build()
+    worker.shutdown_timeout = 1.5
+    letters = DeadLetterWriter(
+        _StuckProducer(),  # type: ignore[arg-type]
+        "t.dlq",
+        "s",
+        "rally",
+        metrics.sink("s"),
+        worker.task.dead_lettered,
+    )
+    worker.dead_letters = letters
+    worker.task.attach(letters)
+    consumer.queue = [message(0, raw=b"not json")]
+
+    async def go() -> float:
+        stop = asyncio.Event()
+        gaps: list[float] = []
+
+        async def other_sink() -> None:
+            last = time.monotonic()
+            while not stop.is_set():
+                await asyncio.sleep(0.01)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        other = asyncio.create_task(other_sink())
+        run = asyncio.create_task(worker.run(stop))
+        await asyncio.sleep(0.2)
+        worker.task.fatal = FatalError("s: HTTP 401")
+        with pytest.raises(FatalError):
+            await run
+        stop.set()
+        await other
+        return max(gaps)
+
+    assert asyncio.run(go()) < 0.5
+
+
+def test_the_checks_before_the_first_record_heed_a_stop_and_keep_the_heartbeat() -> None:
+    """Review: the dead-letter topic check ran in a thread the loop awaited whole: a SIGTERM waited for
+    its timeouts (up to ~45 s), subscribe() ran after the stop, and the stale heartbeat read as stuck."""
+    worker, consumer, _, _, _ = build()
+    worker._preflight = lambda: time.sleep(3)
+    subscribed: list[bool] = []
+    real = consumer.subscribe
+
+    def subscribe(topics: list[str], **callbacks: Callable[..., None]) -> None:
+        subscribed.append(True)
+        real(topics, **callbacks)
+
+    consumer.subscribe = subscribe  # type: ignore[method-assign]
+
+    async def go() -> tuple[float, float]:
+        stop = asyncio.Event()
+        run = asyncio.create_task(worker.run(stop))
+        await asyncio.sleep(1.2)
+        beat = time.monotonic() - worker.heartbeat
+        stop.set()
+        started = time.monotonic()
+        await run
+        return beat, time.monotonic() - started
+
+    beat, stopped = asyncio.run(go())
+    assert beat < 1.0 and stopped < 1.0 and subscribed == []
+    assert worker.task.service.rate_limiter.window.partitions.get("s") == (0, 0)  # its share freed
