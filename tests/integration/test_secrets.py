@@ -11,10 +11,12 @@ import dataclasses
 import io
 import json
 import logging
+import time
 import uuid
 from contextlib import redirect_stdout
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from prometheus_client.exposition import generate_latest
@@ -120,11 +122,16 @@ def test_canary_secrets_appear_nowhere(
         # Then the API refuses the bearer token: the sink stops with an exception.
         sandbox.configure(API, forbidden_tokens=[TOKEN])
         produce(kafka_bootstrap, topic, json_events([uxr_activity(1000)]))
-        # Not restarted (the default restarts it): the process then ends, with the error.
+        # Not restarted (the default restarts it): that sink ends FAILED with the error, the other
+        # sink goes on (it would end the process only once every sink has stopped); /status shows it.
         once = dataclasses.replace(parse_settings(doc, env=env), restart=RestartSettings(max_restarts=0))
-        stopped = ConnectorThread(once).start()
-        stopped._thread.join(60)
-        error = repr(stopped.error) + str(stopped.error)
+        with ConnectorThread(once) as stopped:
+            [bearer] = [u for u in stopped.app.units if u.name == "bearer"]
+            deadline = time.monotonic() + 60
+            while bearer.state != "FAILED" and time.monotonic() < deadline:
+                time.sleep(0.1)
+            status = httpx.get(f"http://127.0.0.1:{stopped.app.health.port}/status").text
+        error = repr(bearer.error) + str(bearer.error) + status
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)
