@@ -6,9 +6,10 @@ once every lane has a batch waiting: reading further would only fill memory. It 
 at half their bound, and nothing is held back. (The worker stops reading at once, and pauses the
 partitions if the stop lasts, so the consumer keeps being polled and the group sees it alive.)
 
-Each record counts for its bytes plus `record_cost` (what holding one costs beyond its value: the
-message, the record, its decoded payload), so no record is free: a stream of empty values or tombstones
-waiting for their dead letters' acknowledgements stops intake too.
+In the buffer's bound each record counts for its bytes plus `record_cost` (what holding one costs beyond
+its value: the message, the record, its decoded payload), so no record is free: a stream of empty values
+or tombstones waiting for their dead letters' acknowledgements stops intake too. The followed imports'
+bound counts value bytes (valid, non-empty payloads; the cost there halved throughput into Rally UXR).
 
 Records of followed imports have their own bound because they leave the buffer only when the import's
 status says it ended, which may take longer than sending them: counted in the buffer's bound, imports

@@ -456,11 +456,11 @@ class SinkWorker:
         partitions once that has lasted HOLD_BEFORE_PAUSE; resume when it ends."""
         bp = self.backpressure
         records, nbytes = self.task.sending()
-        following_records, following = self.task.following()
+        following = self.task.following()[1]
         held = self.task.service.rate_limiter.held()
         if nbytes + records * bp.record_cost >= bp.max_bytes:  # counted as the bound counts
             self.task.send_open_batches(bp.max_bytes * 3 // 4, bp.record_cost)  # they fill most of it
-        bp.update(records, nbytes, held, following, following_records)
+        bp.update(records, nbytes, held, following)
         # Records waiting for a writer schema stop intake only while they wait (a fetch is quick).
         stopped = bp.paused or self.task.input_held()
         now = self._clock()
