@@ -146,7 +146,7 @@ def keep_key_order(success: Success, records: Sequence[Record]) -> Success:
     )
 
 
-def _exhausted(part: Part, indices: tuple[int, ...], last: str, attempts: int, policy: Policy) -> Plan:
+def _exhausted(indices: tuple[int, ...], last: str, attempts: int, policy: Policy) -> Plan:
     message = f"gave up after {attempts} attempts (last: {last})"
     if policy.fail_on_error:
         return Plan(fatal=message)
@@ -190,7 +190,7 @@ def after_answer(
         again: tuple[Part, ...] = ()
         if retry:
             if attempts >= policy.max_attempts:
-                plan = _exhausted(part, tuple(retry), "partial", attempts, policy)
+                plan = _exhausted(tuple(retry), "partial", attempts, policy)
                 if plan.fatal is not None:
                     return plan
                 failed.extend(plan.failed)
@@ -204,13 +204,10 @@ def after_answer(
             Signal.ANSWERED,
             tracked=decision.import_id is not None and bool(delivered),
         )
-    if isinstance(decision, Split):
-        if len(part.records) < 2:  # nothing to halve: a refusal of the record alone
-            return Plan(
-                failed=(Failed(every, "rejected", decision.message, attempts),), signal=Signal.ANSWERED
-            )
+    # A refusal naming some record: halves, with no attempt used; a record alone is refused whole.
+    if isinstance(decision, Split) and len(part.records) > 1:
         return Plan(again=_halves(part, part.attempts), signal=Signal.ANSWERED)
-    if isinstance(decision, GiveUp):
+    if isinstance(decision, GiveUp | Split):
         failure = Failed(every, "rejected", decision.message, attempts)
         return Plan(failed=(failure,), signal=Signal.ANSWERED)
     if isinstance(decision, Stop):
@@ -281,7 +278,7 @@ def _again(
     """The same part again after its backoff, one attempt more; or retries_exhausted."""
     attempts = part.attempts + 1
     if attempts >= policy.max_attempts:
-        plan = _exhausted(part, tuple(range(len(part.records))), decision.reason, attempts, policy)
+        plan = _exhausted(tuple(range(len(part.records))), decision.reason, attempts, policy)
         return Plan(failed=plan.failed, signal=signal, fatal=plan.fatal)
     nxt = Part(part.records, attempts, now + policy.delay(attempts, decision.after), 0, failed_at, isolated)
     return Plan(again=(nxt,), signal=signal)

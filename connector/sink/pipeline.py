@@ -76,8 +76,6 @@ def build_sink(
     b = settings.batch
     lanes = settings.delivery.concurrency
     registry = SchemaRegistry(settings.schema_registry) if settings.schema_registry is not None else None
-    if registry is not None:
-        register(registry.secrets)
     task = SinkTask(
         settings.name,
         make_decoder(settings.format, settings.schema, schema_of(destination.schema_file)),

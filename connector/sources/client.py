@@ -35,7 +35,6 @@ class ApiClient:
         self, base_url: str, credentials: Credentials, delivery: DeliverySettings, metrics: SourceMetrics
     ) -> None:
         self._m = metrics
-        self._secrets = credentials.secrets
         self._client = httpx.AsyncClient(
             base_url=base_url,
             headers={"User-Agent": "activity-connector", "Accept": "application/json", **credentials.headers},
@@ -96,7 +95,7 @@ class ApiClient:
                 assert status is not None
                 return status, body
             if isinstance(step, Unanswered):
-                raise RequestFailed(redact(f"{method} {path}: {step.why} ({last})", self._secrets))
+                raise RequestFailed(redact(f"{method} {path}: {step.why} ({last})"))
             self._m.retry(
                 str(status) if status is not None else "timeout" if last == "timeout" else "connection"
             )

@@ -33,7 +33,7 @@ from connector.errors import JobFailed as JobFailed
 from connector.errors import Stopped as Stopped
 from connector.kafka import CLIENT_DEFAULTS, CONSUMER_ONLY, KAFKA_LOGGING
 from connector.metrics import Metrics
-from connector.redact import redact, register
+from connector.redact import redact
 from connector.sources import peopleai
 from connector.sources.client import ApiClient, RequestFailed
 from connector.sources.cursor import Cursor, Window, utc_today
@@ -83,8 +83,6 @@ class PeopleAiSource:
         self.kafka = kafka
         self.m = metrics.source(settings.name)
         creds = credentials(settings.auth)
-        self._secrets = creds.secrets
-        register(creds.secrets)  # the client secret and every access token, masked in every log line
         self.api = ApiClient(settings.url, creds, settings.delivery, self.m)
         self._slot = slots.of(settings.url, settings.auth.client_id)
         self._backoff = Backoff(settings.delivery.retry.initial_backoff, settings.delivery.retry.max_backoff)
@@ -149,7 +147,7 @@ class PeopleAiSource:
                         "%s: %s failed (%s); tried again in %.1f s",
                         self.name,
                         window.label(),
-                        redact(_message(exc), self._secrets),
+                        redact(_message(exc)),
                         delay,
                     )
                     await self._sleep(delay)
@@ -373,7 +371,7 @@ class PeopleAiSource:
                             self.name,
                             fragment,
                             job.id,
-                            redact(str(exc), self._secrets),
+                            redact(str(exc)),
                         )
                         await self._sleep(self._backoff.delay(attempt))
 
