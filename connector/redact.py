@@ -47,6 +47,10 @@ def _base64_cores(raw: bytes, encode: Any) -> list[bytes]:
     return cores
 
 
+def _upper_hex(match: re.Match[str]) -> str:
+    return "\\u" + match.group(0)[2:].upper()
+
+
 def forms(secret: str) -> set[bytes]:
     """Every form of `secret` that is masked."""
     raw = secret.encode()
@@ -54,7 +58,17 @@ def forms(secret: str) -> set[bytes]:
     found.add(json.dumps(secret)[1:-1].encode())  # non-ASCII as \\uXXXX
     found.add(json.dumps(secret, ensure_ascii=False)[1:-1].encode())
     found.add(secret.replace("/", "\\/").encode())
-    for quoted in (quote(secret, safe=""), quote(secret), quote_plus(secret)):
+    # Other JSON encoders: Go's escapes & < > as \u00XX, .NET's also + and '; some escape every character;
+    # hex in either case.
+    plain = json.dumps(secret)[1:-1]
+    go = "".join(f"\\u{ord(c):04x}" if c in "&<>" else c for c in plain)
+    dotnet = "".join(f"\\u{ord(c):04x}" if c in "&<>+'" else c for c in plain)
+    every = "".join(f"\\u{ord(c):04x}" if ord(c) < 0x10000 else c for c in secret)
+    for escaped in (go, dotnet, every, plain):
+        found.add(escaped.encode())
+        found.add(re.sub(r"\\u[0-9a-f]{4}", _upper_hex, escaped).encode())
+    # JavaScript's encodeURIComponent leaves !'()* as they are.
+    for quoted in (quote(secret, safe=""), quote(secret), quote_plus(secret), quote(secret, safe="!'()*")):
         found.add(quoted.encode())
         found.add(re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), quoted).encode())
     for encode in (base64.b64encode, base64.urlsafe_b64encode):

@@ -166,6 +166,18 @@ def _names(item: object) -> list[str] | None:
     return names
 
 
+def _count(value: object) -> int | None:
+    """A count of the answer: a non-negative integer (3.0 is 3), or None when absent. Anything else (a
+    string, a boolean, a fraction, one past 64 bits that JSON gave as a float) is unreadable: TypeError."""
+    if value is None:
+        return None
+    if type(value) is int and value >= 0:
+        return value
+    if type(value) is float and value.is_integer() and 0 <= value < 2**53:
+        return int(value)
+    raise TypeError(f"count {value!r} is not a count")
+
+
 def _position(value: object, size: int) -> int:
     """A position in the request, as an error path gives it: an integer within it (a negative one or a
     boolean would name another record)."""
@@ -226,6 +238,7 @@ class RallyUxrActivities(_RallyUxrImport):
         try:
             answer = orjson.loads(body)
             import_id = _import_id(answer["importId"])
+            counted = _count(answer.get("activitiesCount"))
             errors = answer.get("errors") or []
             people = request.context  # build()'s note: the batch indices of each person's activities
             if not isinstance(people, list):
@@ -244,15 +257,14 @@ class RallyUxrActivities(_RallyUxrImport):
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
             return unreadable(self.type, f"unexpected 2xx answer ({type(exc).__name__}: {exc})")
         took = len(batch) - len(rejected)
-        counted = answer.get("activitiesCount")
-        if type(counted) is int and counted < took:
+        if counted is not None and counted < took:
             # It imports fewer than it names refused: which ones cannot be told, so none is delivered.
             self.unexpected(
                 "activities_count", "a 202 counts fewer activities imported than it did not refuse"
             )
             return unreadable(self.type, f"activitiesCount {counted} is less than the {took} not refused")
-        if counted is None or type(counted) is not int:
-            self.unexpected("activities_count", "a 202 without activitiesCount as a number")
+        if counted is None:
+            self.unexpected("activities_count", "a 202 without activitiesCount as a count")
         log.debug(
             "%s: import %s took %d of %d",
             self.type,
@@ -327,9 +339,12 @@ class RallyUxrPeople(_RallyUxrImport):
         try:
             answer = orjson.loads(body)
             import_id = _import_id(answer["importId"])
-            int(answer["count"])
+            count = _count(answer["count"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             return unreadable(self.type, f"unexpected 2xx answer ({type(exc).__name__}: {exc})")
+        if count is not None and count < len(batch):
+            # It takes fewer people than it was sent, naming none: none is taken as delivered.
+            return unreadable(self.type, f"count {count} is less than the {len(batch)} people sent")
         return Success(import_id=import_id)
 
     def identity(self, record: Record) -> list[str]:

@@ -229,3 +229,29 @@ def test_a_document_import_id_that_names_nothing_is_a_failed_setup() -> None:
     for import_id in ids:
         assert not mics.read_setup(200, orjson.dumps({"data": {"id": import_id}}), setup), import_id
     assert mics.read_setup(200, orjson.dumps({"data": {"id": 42}}), setup) and mics.setup() is None
+
+
+def test_rally_uxr_counts_of_another_kind_never_deliver() -> None:
+    """Review: activitiesCount 0.0, "0" or 1e30 and a people import's count "0", 0.0, -5 or true were
+    read as fine (all records delivered); 3.0 is a count."""
+    from connector.destinations.rally_uxr import RallyUxrActivities, RallyUxrPeople
+    from tests.unit.helpers import activity
+
+    uxr = RallyUxrActivities({})
+    batch = [record(activity(p), i) for i, p in enumerate(("p0", "p1", "p2"))]
+    request = uxr.build(batch)
+    for counted in (0.0, "0", 1e30, True, -1, 2):
+        body = orjson.dumps({"message": "ok", "importId": "i", "activitiesCount": counted})
+        assert not isinstance(uxr.read_success(202, body, request, batch), Success), counted
+    body = orjson.dumps({"message": "ok", "importId": "i", "activitiesCount": 3.0})
+    assert uxr.read_success(202, body, request, batch) == Success(import_id="i")
+
+    people = RallyUxrPeople({})
+    rows = [record({"email": f"p{i}@example.com"}, i) for i in range(3)]
+    sent = people.build(rows)
+    for count in ("0", 0.0, -5, True, 2):
+        answer = orjson.dumps({"message": "ok", "importId": "i", "count": count})
+        assert not isinstance(people.read_success(202, answer, sent, rows), Success), count
+    assert people.read_success(202, orjson.dumps({"importId": "i", "count": 3}), sent, rows) == Success(
+        import_id="i"
+    )

@@ -26,7 +26,7 @@ from connector.redact import SECRETS, Secrets, install_log_redaction, mask, reda
 from connector.sink.pipeline import build_sink
 from tests.unit.helpers import record
 
-HEADER_SECRET = "hdr-Secret/Value+42=="
+HEADER_SECRET = "hdr-Secret/Value+42==&<x>!"
 CLIENT_SECRET = "cl1ent-s3cret-canary"
 
 
@@ -43,6 +43,11 @@ def _encodings(secret: str) -> list[str]:
         base64.b64encode(b"user:" + raw).decode(),  # a Basic credential: the secret at an offset
         base64.b64encode(b"xy" + raw + b"tail").decode(),
         raw.hex(),
+        # Review: other encoders' escapes (Go's \u0026 for &, every character as \uXXXX in upper hex) and
+        # JavaScript's encodeURIComponent (leaves ! as it is) passed through unmasked.
+        "".join(f"\\u{ord(c):04X}" if c in "&<>+'" else c for c in json.dumps(secret)[1:-1]),  # .NET
+        "".join(f"\\u{ord(c):04X}" for c in secret),
+        quote(secret, safe="!'()*"),
     ]
 
 
